@@ -1,0 +1,62 @@
+"""Per-image PSNR / SSIM with an explicit data range.
+
+Restoration papers report the mean of per-image scores computed with a fixed, stated data
+range; torchmetrics' module metrics default to a dataset-level MSE and a range inferred from
+the targets. These helpers call torchmetrics' functional kernels per image and always take
+``data_range`` from the caller (a float, or one value per image).
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+
+SSIM_KERNEL = 11
+SSIM_SIGMA = 1.5
+
+
+def _per_image_range(data_range: float | torch.Tensor, n: int, ref: torch.Tensor) -> torch.Tensor:
+    r = torch.as_tensor(data_range, dtype=torch.float64, device=ref.device).flatten()
+    if r.numel() == 1:
+        r = r.expand(n)
+    if r.numel() != n:
+        raise ValueError(f"data_range has {r.numel()} values for {n} images")
+    if not bool((r > 0).all()):
+        raise ValueError(f"data_range must be > 0, got {r.tolist()}")
+    return r
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float | torch.Tensor) -> torch.Tensor:
+    """PSNR per image (dB) for ``B×C×H×W`` inputs: 10·log10(range² / MSE), MSE over C, H, W.
+
+    Identical images give ``inf`` (as the definition does); callers that average should
+    decide how to treat it."""
+    _check(pred, target)
+    r = _per_image_range(data_range, pred.shape[0], pred)
+    p, t = pred.double(), target.double()
+    if bool((r == r[0]).all()):
+        return peak_signal_noise_ratio(p, t, data_range=float(r[0]), reduction="none",
+                                       dim=(1, 2, 3)).float()
+    mse = ((p - t) ** 2).flatten(1).mean(1)
+    return (10 * torch.log10(r**2 / mse)).float()
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float | torch.Tensor) -> torch.Tensor:
+    """SSIM per image (Gaussian window 11×11, σ 1.5, K1 0.01, K2 0.03), mean over channels."""
+    _check(pred, target)
+    r = _per_image_range(data_range, pred.shape[0], pred)
+    out = []
+    for i in range(pred.shape[0]):
+        out.append(structural_similarity_index_measure(
+            pred[i:i + 1].double(), target[i:i + 1].double(), data_range=float(r[i]),
+            gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_KERNEL, reduction="none"))
+    return torch.cat([o.reshape(1) for o in out]).float()
+
+
+def _check(pred: torch.Tensor, target: torch.Tensor) -> None:
+    if pred.shape != target.shape or pred.ndim != 4:
+        raise ValueError(f"expected two B×C×H×W tensors of one shape, got {tuple(pred.shape)} "
+                         f"and {tuple(target.shape)}")

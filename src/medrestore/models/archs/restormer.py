@@ -1,0 +1,225 @@
+"""Restormer (Zamir et al., CVPR 2022): 4-level U-shaped transformer for restoration.
+
+Structure and parameter names follow the authors' reference implementation, so its
+checkpoints load into :class:`Restormer` with ``strict=True``.
+
+Differences from the reference (none change the maths at sizes it accepts):
+
+* any H, W: the input is padded on the right/bottom to a multiple of ``pad_multiple``
+  (reflect, or replicate when the image is too small to reflect) and the output cropped
+  back. Sizes that are already multiples pass through untouched.
+* the global residual is only added when ``in_channels == out_channels`` (the reference adds
+  it unconditionally, which silently broadcasts or fails otherwise), and can be switched off.
+
+Override points for subclasses: :meth:`Restormer.build_block` (block type per stage),
+:meth:`Restormer.run_stage` (how a stage's blocks are applied), and the forward pieces
+:meth:`encode`, :meth:`decode`, :meth:`head`, :meth:`forward_padded`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medrestore.models.layers.restormer import (
+    Downsample,
+    LayerNormType,
+    OverlapPatchEmbed,
+    TransformerBlock,
+    Upsample,
+)
+
+__all__ = ["Restormer", "restormer", "restormer_tiny", "pad_to_multiple"]
+
+# Three 2x down-samplings: the core network needs H, W divisible by 2**3.
+_DOWNSCALE = 8
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    """Pad ``x`` (… x H x W) on the right/bottom so H and W are multiples of ``multiple``.
+
+    Reflect padding avoids the artificial edge a zero pad would feed the convolutions; it
+    needs the pad to be smaller than the image, so tiny images fall back to replicate.
+    Returns the padded tensor and the original (H, W) for cropping.
+    """
+    h, w = x.shape[-2:]
+    pad_h = (-h) % multiple
+    pad_w = (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x, (h, w)
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (h, w)
+
+
+class Restormer(nn.Module):
+    """Restormer image-to-image network.
+
+    Args:
+        in_channels: input image channels.
+        out_channels: output image channels.
+        dim: channels at level 1; level k has ``dim * 2**(k-1)``.
+        num_blocks: transformer blocks per level (levels 1-3 are used by both encoder and
+            decoder, level 4 is the latent).
+        num_refinement_blocks: blocks in the full-resolution refinement stage.
+        heads: attention heads per level.
+        ffn_expansion_factor: GDFN hidden width multiplier.
+        bias: bias in the blocks' convolutions and the 1x1 reduce/output convs.
+        layernorm_type: ``"WithBias"`` or ``"BiasFree"``.
+        dual_pixel_task: reference option for dual-pixel defocus deblurring (in_channels=6):
+            adds a 1x1 ``skip_conv`` from the embedding and drops the image residual.
+        global_residual: add the input image to the output (only when channel counts match).
+        pad_multiple: pad inputs to this multiple (must be a multiple of 8); ``0``/``None``
+            disables padding, and then H, W must already be multiples of 8.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        dim: int = 48,
+        num_blocks: Sequence[int] = (4, 6, 6, 8),
+        num_refinement_blocks: int = 4,
+        heads: Sequence[int] = (1, 2, 4, 8),
+        ffn_expansion_factor: float = 2.66,
+        bias: bool = False,
+        layernorm_type: LayerNormType = "WithBias",
+        dual_pixel_task: bool = False,
+        global_residual: bool = True,
+        pad_multiple: int | None = 8,
+    ) -> None:
+        super().__init__()
+        if len(num_blocks) != 4 or len(heads) != 4:
+            raise ValueError("num_blocks and heads must both have 4 entries (levels 1-4)")
+        if pad_multiple and pad_multiple % _DOWNSCALE:
+            raise ValueError(f"pad_multiple must be a multiple of {_DOWNSCALE}, got {pad_multiple}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.dim = dim
+        self.num_blocks = tuple(num_blocks)
+        self.heads = tuple(heads)
+        self.ffn_expansion_factor = ffn_expansion_factor
+        self.use_bias = bias
+        self.layernorm_type: LayerNormType = layernorm_type
+        self.dual_pixel_task = dual_pixel_task
+        self.pad_multiple = pad_multiple or 0
+        # Dual-pixel mode never had an image residual in the reference.
+        self.use_residual = global_residual and not dual_pixel_task and in_channels == out_channels
+
+        d1, d2, d3, d4 = dim, dim * 2, dim * 4, dim * 8
+        h1, h2, h3, h4 = self.heads
+        n1, n2, n3, n4 = self.num_blocks
+
+        # The embedding conv is bias-free whatever ``bias`` says (as the reference).
+        self.patch_embed = OverlapPatchEmbed(in_channels, dim, bias=False)
+
+        self.encoder_level1 = self.make_stage("encoder_level1", d1, h1, n1)
+        self.down1_2 = Downsample(d1)
+        self.encoder_level2 = self.make_stage("encoder_level2", d2, h2, n2)
+        self.down2_3 = Downsample(d2)
+        self.encoder_level3 = self.make_stage("encoder_level3", d3, h3, n3)
+        self.down3_4 = Downsample(d3)
+        self.latent = self.make_stage("latent", d4, h4, n4)
+
+        self.up4_3 = Upsample(d4)
+        self.reduce_chan_level3 = nn.Conv2d(d4, d3, kernel_size=1, bias=bias)
+        self.decoder_level3 = self.make_stage("decoder_level3", d3, h3, n3)
+        self.up3_2 = Upsample(d3)
+        self.reduce_chan_level2 = nn.Conv2d(d3, d2, kernel_size=1, bias=bias)
+        self.decoder_level2 = self.make_stage("decoder_level2", d2, h2, n2)
+        # Level 1 keeps the concatenated 2*dim channels (no 1x1 reduction), so the decoder,
+        # refinement and output all work at 2*dim with level-1 heads.
+        self.up2_1 = Upsample(d2)
+        self.decoder_level1 = self.make_stage("decoder_level1", d2, h1, n1)
+        self.refinement = self.make_stage("refinement", d2, h1, num_refinement_blocks)
+
+        if dual_pixel_task:
+            self.skip_conv = nn.Conv2d(d1, d2, kernel_size=1, bias=bias)
+        self.output = nn.Conv2d(d2, out_channels, kernel_size=3, stride=1, padding=1, bias=bias)
+
+    # ------------------------------------------------------------------ construction hooks
+    def build_block(self, stage: str, dim: int, num_heads: int) -> nn.Module:
+        """One transformer block of ``stage``; override to substitute a block subclass.
+
+        Called from ``__init__``, so a subclass must set any attributes it reads here
+        before calling ``super().__init__``.
+        """
+        return TransformerBlock(
+            dim=dim,
+            num_heads=num_heads,
+            ffn_expansion_factor=self.ffn_expansion_factor,
+            bias=self.use_bias,
+            layernorm_type=self.layernorm_type,
+        )
+
+    def make_stage(self, stage: str, dim: int, num_heads: int, depth: int) -> nn.Sequential:
+        """A stage is an ``nn.Sequential`` of blocks (keeps reference keys ``<stage>.<i>.*``)."""
+        return nn.Sequential(*(self.build_block(stage, dim, num_heads) for _ in range(depth)))
+
+    # ------------------------------------------------------------------ forward pieces
+    def run_stage(self, stage: str, x: Tensor) -> Tensor:
+        """Apply the blocks of ``stage`` (attribute name); override to pass conditioning."""
+        return getattr(self, stage)(x)
+
+    def encode(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Embed and run encoder levels 1-3.
+
+        Returns ``([embedding, enc1, enc2, enc3], latent_input)`` where ``latent_input`` is
+        the down-sampled level-3 output that feeds the latent stage.
+        """
+        emb = self.patch_embed(x)
+        enc1 = self.run_stage("encoder_level1", emb)
+        enc2 = self.run_stage("encoder_level2", self.down1_2(enc1))
+        enc3 = self.run_stage("encoder_level3", self.down2_3(enc2))
+        return [emb, enc1, enc2, enc3], self.down3_4(enc3)
+
+    def decode(self, latent: Tensor, skips: Sequence[Tensor]) -> Tensor:
+        """Decoder levels 3-1 plus refinement; returns full-resolution 2*dim features."""
+        _, enc1, enc2, enc3 = skips
+        x = self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], dim=1))
+        x = self.run_stage("decoder_level3", x)
+        x = self.reduce_chan_level2(torch.cat([self.up3_2(x), enc2], dim=1))
+        x = self.run_stage("decoder_level2", x)
+        x = torch.cat([self.up2_1(x), enc1], dim=1)
+        x = self.run_stage("decoder_level1", x)
+        return self.run_stage("refinement", x)
+
+    def head(self, features: Tensor, x: Tensor, skips: Sequence[Tensor]) -> Tensor:
+        """Output conv plus the dual-pixel skip or the global image residual."""
+        if self.dual_pixel_task:
+            return self.output(features + self.skip_conv(skips[0]))
+        out = self.output(features)
+        return out + x if self.use_residual else out
+
+    def forward_padded(self, x: Tensor) -> Tensor:
+        """The reference network proper; H and W must be multiples of 8."""
+        skips, latent_in = self.encode(x)
+        latent = self.run_stage("latent", latent_in)
+        return self.head(self.decode(latent, skips), x, skips)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.pad_multiple:
+            return self.forward_padded(x)
+        x_p, (h, w) = pad_to_multiple(x, self.pad_multiple)
+        out = self.forward_padded(x_p)
+        return out if out.shape[-2:] == (h, w) else out[..., :h, :w]
+
+
+def restormer(**kwargs: Any) -> Restormer:
+    """Restormer with the paper's defaults (dim 48, blocks 4/6/6/8, 4 refinement blocks)."""
+    return Restormer(**kwargs)
+
+
+def restormer_tiny(**kwargs: Any) -> Restormer:
+    """A very small Restormer for tests and smoke runs (fast on CPU); kwargs override."""
+    cfg: dict[str, Any] = dict(
+        dim=8,
+        num_blocks=(1, 1, 1, 1),
+        num_refinement_blocks=1,
+        heads=(1, 1, 2, 2),
+        ffn_expansion_factor=2.0,
+    )
+    cfg.update(kwargs)
+    return Restormer(**cfg)
