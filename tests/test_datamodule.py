@@ -110,3 +110,14 @@ def test_datamodule_batches_and_config_errors(toy_shard, tmp_path):
         RestorationDataModule([str(toy_shard)], tasks=["deblur"]).setup("fit")
     with pytest.raises(ShardError, match="no such shard"):
         RestorationDataModule([str(tmp_path / "nope.h5")]).setup("fit")
+
+
+def test_task_weights_repeat_tasks_in_the_cycle(toy_shard):
+    ds = TaskUniformPatches([toy_shard], patch_size=16, length=40,
+                            task_weights={"rs_sr": 3})
+    counts = Counter(ds[i]["task"] for i in range(40))
+    assert counts["rs_sr"] == 3 * counts["ct_denoise"] == 3 * counts["natural_denoise"]
+    with pytest.raises(ConfigError, match="task_weights names task"):
+        TaskUniformPatches([toy_shard], patch_size=16, length=4, task_weights={"derain": 2})
+    with pytest.raises(ConfigError, match="positive integer"):
+        TaskUniformPatches([toy_shard], patch_size=16, length=4, task_weights={"rs_sr": 0})

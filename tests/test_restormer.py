@@ -174,3 +174,16 @@ def test_override_points_are_used() -> None:
 def test_registry_builds() -> None:
     net = build_arch("restormer_tiny", in_channels=1, out_channels=1)
     assert isinstance(net, Restormer) and net.dim == 8 and net.in_channels == 1
+
+
+def test_zero_init_output_starts_as_identity():
+    import torch
+
+    from medrestore.models.archs.restormer import restormer_tiny
+
+    net = restormer_tiny(in_channels=1, out_channels=1, zero_init_output=True).eval()
+    x = torch.rand(1, 1, 24, 40)
+    with torch.no_grad():
+        assert torch.equal(net(x), x)
+    ref = restormer_tiny(in_channels=1, out_channels=1)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in ref.parameters())

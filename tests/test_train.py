@@ -92,3 +92,14 @@ def test_cli_train_makes_one_run_dir_with_its_config(tmp_path, toy_shard):
               "checkpoints/last.ckpt"):
         assert (run / f).exists(), f
     assert "ct_denoise" in out.stdout and "PSNR in" in out.stdout
+
+    # the analysis notebook runs top to bottom on this run's files
+    nb = json.loads((REPO / "notebooks" / "demo_results.ipynb").read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    script = tmp_path / "notebook.py"
+    script.write_text("import matplotlib\nmatplotlib.use('Agg')\n" + code)
+    env = {"MEDRESTORE_RUN": str(run), "MEDRESTORE_SHARD": str(toy_shard)}
+    nb_out = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, **env))
+    assert nb_out.returncode == 0, nb_out.stderr[-3000:]
+    assert "ct_denoise" in nb_out.stdout

@@ -14,7 +14,7 @@ Samplers are owned here rather than injected by Lightning (trainer configs set
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning as L
 from torch.utils.data import DataLoader, Sampler
@@ -68,13 +68,16 @@ class RestorationDataModule(L.LightningDataModule):
         samples_per_epoch: training patches per epoch, over all ranks.
         val_batch_size / test_batch_size: full images of different sizes need 1.
         augment: random rot90 / flips on training patches.
+        task_weights: ``{task: k}`` — a task appears ``k`` times per sampling cycle (default 1),
+            like the per-dataset repeat factors of the all-in-one recipes.
     """
 
     def __init__(self, shards: Sequence[str] | str, tasks: Sequence[str] | None = None,
                  patch_size: int = 128, batch_size: int = 8, samples_per_epoch: int = 1000,
                  num_workers: int = 0, val_batch_size: int = 1, test_batch_size: int = 1,
                  augment: bool = False, pin_memory: bool = False, seed: int = 0,
-                 val_split: str = "val", test_split: str = "test", predict_split: str = "test") -> None:
+                 val_split: str = "val", test_split: str = "test", predict_split: str = "test",
+                 task_weights: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self.shards = [str(shards)] if isinstance(shards, (str, os.PathLike)) else [str(s) for s in shards]
         self.tasks = list(tasks) if tasks is not None else None
@@ -83,6 +86,7 @@ class RestorationDataModule(L.LightningDataModule):
         self.val_batch_size, self.test_batch_size = int(val_batch_size), int(test_batch_size)
         self.augment, self.pin_memory, self.seed = augment, pin_memory, int(seed)
         self.splits = {"val": val_split, "test": test_split, "predict": predict_split}
+        self.task_weights = dict(task_weights) if task_weights else None
         self.batch_size_per_device = self.batch_size
         self._sets: dict[str, Any] = {}
 
@@ -102,7 +106,7 @@ class RestorationDataModule(L.LightningDataModule):
         if stage in (None, "fit") and "train" not in self._sets:
             self._sets["train"] = TaskUniformPatches(
                 self.shards, self.patch_size, self.samples_per_epoch, self.tasks,
-                augment=self.augment, seed=self.seed)
+                augment=self.augment, seed=self.seed, task_weights=self.task_weights)
         for name, needed in (("val", stage in (None, "fit", "validate")),
                              ("test", stage in (None, "test")),
                              ("predict", stage in (None, "predict"))):

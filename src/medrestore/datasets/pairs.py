@@ -3,9 +3,10 @@
 * :class:`ShardPairs` — every sample of the chosen split(s), full images (validation / test /
   predict), in manifest order.
 * :class:`TaskUniformPatches` — training patches. Index ``i`` belongs to task
-  ``tasks[i % n_tasks]``; the image and crop are drawn from ``np.random.default_rng((seed, i))``,
-  so a batch of consecutive indices is task-balanced, the stream is reproducible, and ranks
-  that receive disjoint index ranges never see the same crops.
+  ``cycle[i % len(cycle)]``, where the cycle lists every task once (or ``task_weights[t]``
+  times); the image and crop are drawn from ``np.random.default_rng((seed, i))``, so a batch of
+  consecutive indices is task-balanced, the stream is reproducible, and ranks that receive
+  disjoint index ranges never see the same crops.
 
 Both store only paths and the manifest; HDF5 files are opened lazily in the process that
 reads them (keyed by pid, so a forked DataLoader worker never reuses its parent's handle).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -92,7 +93,8 @@ class TaskUniformPatches(Dataset):
 
     def __init__(self, shards: Sequence[str | os.PathLike], patch_size: int,
                  length: int, tasks: Sequence[str] | None = None, split: str = "train",
-                 augment: bool = False, seed: int = 0) -> None:
+                 augment: bool = False, seed: int = 0,
+                 task_weights: Mapping[str, int] | None = None) -> None:
         self.rows = _load_index(shards, [split], tasks)
         if not self.rows:
             raise ConfigError(f"no '{split}' samples in {list(shards)}"
@@ -102,6 +104,18 @@ class TaskUniformPatches(Dataset):
             by_task[r["task"]].append(r)
         self.tasks = sorted(by_task)
         self.by_task = [by_task[t] for t in self.tasks]
+        weights = dict(task_weights or {})
+        unknown = sorted(set(weights) - set(self.tasks))
+        if unknown:
+            raise ConfigError(f"data.task_weights names task(s) {unknown} that have no '{split}' "
+                              f"samples; tasks present: {self.tasks}")
+        for t, w in weights.items():
+            if int(w) != w or w < 1:
+                raise ConfigError(f"data.task_weights.{t}={w}; expected a positive integer "
+                                  "(how many times the task appears per sampling cycle)")
+        # interleaved cycle (a b c a b c b ...) so weighted tasks spread over the batch
+        counts = [int(weights.get(t, 1)) for t in self.tasks]
+        self.cycle = [k for r in range(max(counts)) for k, c in enumerate(counts) if c > r]
         self.patch_size = int(patch_size)
         self.length = int(length)
         self.augment = augment
@@ -114,7 +128,7 @@ class TaskUniformPatches(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         # ``i`` may exceed len(self): the sampler offsets indices by epoch (see datamodule).
         rng = np.random.default_rng((self.seed, int(i)))
-        rows = self.by_task[int(i) % len(self.tasks)]
+        rows = self.by_task[self.cycle[int(i) % len(self.cycle)]]
         row = rows[int(rng.integers(len(rows)))]
         _, h, w = row["shape"]
         p = self.patch_size

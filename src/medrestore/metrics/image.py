@@ -50,8 +50,9 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float | torch.Ten
     r = _per_image_range(data_range, pred.shape[0], pred)
     out = []
     for i in range(pred.shape[0]):
+        # float32 is ample for SSIM of [0, range] images and ~3x faster than float64 on CPU
         out.append(structural_similarity_index_measure(
-            pred[i:i + 1].double(), target[i:i + 1].double(), data_range=float(r[i]),
+            pred[i:i + 1].float(), target[i:i + 1].float(), data_range=float(r[i]),
             gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_KERNEL, reduction="none"))
     return torch.cat([o.reshape(1) for o in out]).float()
 

@@ -61,7 +61,8 @@ class RestorationModule(L.LightningModule):
         scheduler: optional ``{"_target_": ..., ...}`` built with the optimiser; a
             ``total_steps: null`` entry is filled with the trainer's estimated step count.
         scheduler_interval: ``"step"`` or ``"epoch"``.
-        loss: ``{"name": "l1"|"mse"|"charbonnier", "weight": 1.0}``.
+        loss: ``{"name": "l1"|"mse"|"charbonnier", "weight": 1.0, "balance": "none"|"input",
+            "balance_power": 1.0}``.
         metrics: ``{"protocol": null|<name>}`` — null uses each task's registry default.
         monitor: the logged figure that checkpoints and sweeps optimise.
     """
@@ -84,6 +85,10 @@ class RestorationModule(L.LightningModule):
         self.out_channels = int(getattr(self.net, "out_channels", net_kwargs.get("out_channels", self.in_channels)))
         self.pixel_loss = PIXEL_LOSSES.get(loss.get("name", "l1"))
         self.pixel_weight = float(loss.get("weight", 1.0))
+        self.balance = loss.get("balance", "none")
+        self.balance_power = float(loss.get("balance_power", 1.0))
+        if self.balance not in ("none", "input"):
+            raise ConfigError(f"model.loss.balance={self.balance!r}; expected 'none' or 'input'")
         self.protocol_override = metrics.get("protocol")
         if self.protocol_override is not None:
             protocol_for(next(iter(TASKS)), self.protocol_override)  # fail early on a typo
@@ -107,6 +112,16 @@ class RestorationModule(L.LightningModule):
 
     def weight_sample_losses(self, losses: torch.Tensor, batch: Mapping[str, Any],
                              pred: torch.Tensor, aux: Mapping[str, Any]) -> torch.Tensor:
+        """Batch mean; with ``loss.balance: input`` each sample's loss is divided by its
+        (detached) input error ``L1(lq, gt) ** balance_power`` first, so tasks whose
+        degradations are small in pixel terms (SR, thin streaks) are not drowned by heavy
+        noise or clouds (power 1: equal relative weight; 0.5: halfway). This balancing is our
+        own choice for mixed-task batches (not from a paper) and is off by default."""
+        if self.balance == "input":
+            lq = adapt_channels(batch["lq"], self.out_channels)
+            gt = adapt_channels(batch["gt"], self.out_channels)
+            scale = (lq - gt).abs().flatten(1).mean(1).detach().clamp(min=1e-3)
+            return (losses / scale**self.balance_power).mean()
         return losses.mean()
 
     def extra_losses(self, batch: Mapping[str, Any], pred: torch.Tensor,

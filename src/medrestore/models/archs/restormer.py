@@ -1,4 +1,4 @@
-"""Restormer (Zamir et al., CVPR 2022): 4-level U-shaped transformer for restoration.
+"""Restormer (CVPR 2022): 4-level U-shaped transformer for restoration.
 
 Structure and parameter names follow the authors' reference implementation, so its
 checkpoints load into :class:`Restormer` with ``strict=True``.
@@ -73,6 +73,10 @@ class Restormer(nn.Module):
         global_residual: add the input image to the output (only when channel counts match).
         pad_multiple: pad inputs to this multiple (must be a multiple of 8); ``0``/``None``
             disables padding, and then H, W must already be multiples of 8.
+        zero_init_output: start the output conv at zero, so an untrained network with the
+            global residual returns its input (short CPU runs then only learn corrections).
+            An initialisation choice, off by default (the reference uses PyTorch's default
+            init); layers, parameters and outputs for given weights are unchanged.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class Restormer(nn.Module):
         dual_pixel_task: bool = False,
         global_residual: bool = True,
         pad_multiple: int | None = 8,
+        zero_init_output: bool = False,
     ) -> None:
         super().__init__()
         if len(num_blocks) != 4 or len(heads) != 4:
@@ -138,6 +143,10 @@ class Restormer(nn.Module):
         if dual_pixel_task:
             self.skip_conv = nn.Conv2d(d1, d2, kernel_size=1, bias=bias)
         self.output = nn.Conv2d(d2, out_channels, kernel_size=3, stride=1, padding=1, bias=bias)
+        if zero_init_output:
+            nn.init.zeros_(self.output.weight)
+            if self.output.bias is not None:
+                nn.init.zeros_(self.output.bias)
 
     # ------------------------------------------------------------------ construction hooks
     def build_block(self, stage: str, dim: int, num_heads: int) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Restormer building blocks (Zamir et al., "Restormer: Efficient Transformer for
+"""Restormer building blocks ("Restormer: Efficient Transformer for
 High-Resolution Image Restoration", CVPR 2022).
 
 Re-implemented from the paper and checked layer for layer against the authors' reference
