@@ -3,7 +3,7 @@
     python benchmarks/restormer_step.py --arch restormer --batch 4 --channels 3 --size 128
 
 Times forward + backward + AdamW step (after warm-up) and prints images/s, ms/step and peak
-memory (CUDA allocator peak on GPU, process max RSS growth on CPU). With --compare it also runs
+memory (CUDA allocator peak on GPU; on CPU the growth of the process's max RSS, model included). With --compare it also runs
 the second arch in the same process and prints the speed ratio, so the figure does not depend
 on the machine's absolute speed.
 """
@@ -59,8 +59,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
-    results = [measure(n, a.batch, a.channels, a.size, a.steps, a.device)
-               for n in [a.arch] + ([a.compare] if a.compare else [])]
+    # --compare runs first: on CPU the peak is the growth of the process's max RSS, which only
+    # shows for a model bigger than everything measured before it in the same process
+    names = ([a.compare] if a.compare else []) + [a.arch]
+    results = [measure(n, a.batch, a.channels, a.size, a.steps, a.device) for n in names][::-1]
     print(f"device={a.device} batch={a.batch}x{a.channels}x{a.size}x{a.size} torch={torch.__version__}")
     for r in results:
         print(f"{r['arch']:<18} params={r['params']:>11,}  {r['ms_per_step']:9.1f} ms/step  "
