@@ -103,3 +103,20 @@ def test_cli_train_makes_one_run_dir_with_its_config(tmp_path, toy_shard):
                             text=True, timeout=300, env=dict(os.environ, **env))
     assert nb_out.returncode == 0, nb_out.stderr[-3000:]
     assert "ct_denoise" in nb_out.stdout
+
+
+def test_wandb_logger_offline_and_always_finished(tmp_path, toy_shard):
+    """logger=wandb logs offline into the run dir, and the task wrapper closes the run."""
+    import wandb
+
+    from medrestore.cli.train import train
+
+    assert os.environ.get("WANDB_MODE") in ("offline", "disabled")
+    run = tmp_path / "wb"
+    cfg = compose("train", tiny_overrides(toy_shard) + [
+        "logger=wandb", "trainer.max_epochs=1", "test=false"], run)
+    metrics, _ = train(cfg)
+    assert "val/psnr" in metrics
+    assert wandb.run is None                       # wandb.finish() ran in the wrapper
+    if os.environ["WANDB_MODE"] == "offline":
+        assert list((run / "wandb").glob("offline-run-*"))
