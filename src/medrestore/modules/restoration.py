@@ -42,13 +42,10 @@ SOURCES = ("pred", "lq")  # scores of the restored output and of the degraded in
 
 def _plain(x: Any) -> Any:
     """DictConfig -> plain containers (checkpoints must not pickle OmegaConf nodes)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-        if isinstance(x, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(x, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a hard dependency
-        pass
+    if isinstance(x, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(x, resolve=True)
     return copy.deepcopy(x)
 
 
