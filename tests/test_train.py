@@ -120,3 +120,11 @@ def test_wandb_logger_offline_and_always_finished(tmp_path, toy_shard):
     assert wandb.run is None                       # wandb.finish() ran in the wrapper
     if os.environ["WANDB_MODE"] == "offline":
         assert list((run / "wandb").glob("offline-run-*"))
+
+
+def test_prepare_bad_option_is_one_line_and_writes_nothing(tmp_path):
+    out = _cli(["medrestore.cli.prepare", "demo", "--out", str(tmp_path / "d.h5"),
+                "--max-side", "16", "--quiet"], tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == ["error: max_side must be >= 32 pixels, got 16"]
+    assert not list(tmp_path.glob("d.h5*"))

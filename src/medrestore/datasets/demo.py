@@ -37,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from medrestore.datasets import demo_sources as src
+from medrestore.errors import ConfigError
 from medrestore.sample import Normalisation, make_meta, make_sample
 
 DEMO_TASKS = ("ct_denoise", "mri_sr", "pet_synthesis", "natural_sr", "natural_denoise", "derain",
@@ -239,7 +240,7 @@ def _check_slabs(slabs: dict[str, tuple[int, ...]], min_gap: int) -> None:
     zs = sorted(owner)
     for a, b in zip(zs, zs[1:]):
         if owner[a] != owner[b] and b - a - 1 < min_gap:
-            raise ValueError(f"PET slabs of {owner[a]} (z={a}) and {owner[b]} (z={b}) are only "
+            raise ConfigError(f"PET slabs of {owner[a]} (z={a}) and {owner[b]} (z={b}) are only "
                              f"{b - a - 1} slices apart; need >= {min_gap}")
 
 
@@ -294,7 +295,7 @@ def _rs_regions(n_rows: int) -> dict[str, list[int]]:
     n_val = max(1, round(n_rows / 7))
     n_train = n_rows - n_test - n_val
     if n_train < 1:
-        raise ValueError(f"the Sentinel-2 scene gives only {n_rows} tile rows at this max_side; "
+        raise ConfigError(f"the Sentinel-2 scene gives only {n_rows} tile rows at this max_side; "
                          "use a smaller max_side")
     rows = list(range(n_rows))
     return {"train": rows[:n_train], "val": rows[n_train:n_train + n_val],
@@ -382,7 +383,7 @@ class _CloudMasks:
     def draw(self, h: int, w: int, split: str, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         found, region = self._candidates(h, w, split)
         if not found:
-            raise ValueError(f"no {h}x{w} window of the Landsat cloud mask has cover in {self.cover}")
+            raise ConfigError(f"no {h}x{w} window of the Landsat cloud mask has cover in {self.cover}")
         # aim at a cover drawn uniformly in the range, so every split sees the same spread
         target = rng.uniform(*self.cover)
         nearest = sorted(found, key=lambda f: abs(f[2] - target))[:8]
@@ -485,7 +486,7 @@ def _merge_settings(settings: dict[str, dict[str, Any]] | None) -> dict[str, dic
     merged = copy.deepcopy(DEMO_SETTINGS)
     for task, values in (settings or {}).items():
         if task not in merged:
-            raise ValueError(f"unknown demo task {task!r} in settings; known: {', '.join(DEMO_TASKS)}")
+            raise ConfigError(f"unknown demo task {task!r} in settings; known: {', '.join(DEMO_TASKS)}")
         merged[task].update(values)
     return merged
 
@@ -513,7 +514,7 @@ def build_demo(out: str | Path, seed: int = 0, overwrite: bool = False, max_side
 
     t0 = time.perf_counter()
     if int(max_side) < 32:
-        raise ValueError(f"max_side must be >= 32 pixels, got {max_side}")
+        raise ConfigError(f"max_side must be >= 32 pixels, got {max_side}")
     settings = _merge_settings(settings)
     writer = PairWriter(out, overwrite=overwrite)          # refuses an existing file up front
     check_sources()
@@ -595,7 +596,7 @@ def _check_splits(clean: dict[str, list[CleanImage]]) -> None:
         have = {c.split for c in items}
         missing = [s for s in SPLITS if s not in have]
         if missing:
-            raise ValueError(f"demo task {task} has no {'/'.join(missing)} images at this max_side")
+            raise ConfigError(f"demo task {task} has no {'/'.join(missing)} images at this max_side")
         for c in items:
             if split_of.setdefault(c.key, c.split) != c.split:
-                raise ValueError(f"demo key {c.key} is in both {split_of[c.key]} and {c.split}")
+                raise ConfigError(f"demo key {c.key} is in both {split_of[c.key]} and {c.split}")
