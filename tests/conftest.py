@@ -78,7 +78,7 @@ def compose(config_name: str, overrides: list[str], output_dir: Path):
 def tiny_overrides(shard: Path) -> list[str]:
     return [
         "model=restormer_tiny", "trainer=cpu", "logger=csv", "extras.print_config=false",
-        f"data.shards=[{shard}]", "data.patch_size=32", "data.batch_size=6",
+        f"data.sets=[{shard}]", "data.patch_size=32", "data.batch_size=6",
         "data.samples_per_epoch=48", "data.num_workers=0", "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
         "~callbacks.model_summary",

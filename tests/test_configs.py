@@ -24,8 +24,8 @@ def test_groups_required_by_the_design_exist():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_builds(experiment, tmp_path, toy_shard):
     # the toy shard lacks some demo tasks, so per-task sampling weights are dropped here
-    cfg = compose("train", [f"experiment={experiment}", f"data.shards=[{toy_shard}]",
-                            "data.task_weights=null"], tmp_path)
+    cfg = compose("train", [f"experiment={experiment}", f"data.sets=[{toy_shard}]",
+                            "data.weights=null", "data.balance=equal"], tmp_path)
     model = instantiate(cfg.model, _recursive_=False)
     assert sum(p.numel() for p in model.parameters()) > 0
     dm = instantiate(cfg.data)
@@ -66,3 +66,35 @@ def test_packaged_config_dir_points_at_repo_conf():
     from medrestore.utils.config import config_dir
 
     assert Path(config_dir()) == CONF.resolve()
+
+
+PAPER_MIXES = {  # data config -> {shard stem: task} it expects under paths.data_dir
+    "tat": {"aapm_mayo": "ct_denoise", "ixi_t2": "mri_sr", "pet": "pet_synthesis"},
+    "datprl_6task": {"df2k": "natural_sr", "ucmerced": "rs_sr", "ixi_t2": "mri_sr",
+                     "rain100l": "derain", "cuhk_cr1": "cloud_removal", "aapm_mayo": "ct_denoise"},
+    "datprl_9task": {"df2k": "natural_sr", "ucmerced": "rs_sr", "ixi_t2": "mri_sr",
+                     "rain100l": "derain", "cuhk_cr1": "cloud_removal", "aapm_mayo": "ct_denoise",
+                     "gopro": "deblur", "pet": "pet_synthesis", "rice1": "dehaze"},
+}
+
+
+@pytest.mark.parametrize("mix", sorted(PAPER_MIXES))
+def test_paper_data_mixes_give_balanced_batches(mix, tmp_path):
+    from collections import Counter
+
+    from conftest import write_toy_shard
+
+    for stem, task in PAPER_MIXES[mix].items():
+        write_toy_shard(tmp_path / f"{stem}.h5", tasks=(task,), sizes=((32, 32),), per_split=(2, 1, 1))
+    cfg = compose("train", [f"data={mix}", f"paths.data_dir={tmp_path}", "data.patch_size=16",
+                            "data.num_workers=0", "data.pin_memory=false"], tmp_path)
+    dm = instantiate(cfg.data)
+    n_tasks = len(PAPER_MIXES[mix])
+    per_task = {"tat": 4, "datprl_6task": 2, "datprl_9task": 2}[mix]
+    assert dm.batch_size == per_task * n_tasks
+    batch = next(iter(dm.train_dataloader()))
+    assert Counter(batch["task"]) == {t: per_task for t in PAPER_MIXES[mix].values()}
+    repeats = {s["name"]: s["repeat"] for s in dm.sets}
+    if mix.startswith("datprl"):
+        assert (repeats["df2k"], repeats["ucmerced"], repeats["rain100l"], repeats["cuhk_cr1"],
+                repeats["aapm_mayo"]) == (12, 22, 200, 75, 2)

@@ -1,4 +1,5 @@
-"""HDF5 shards, datasets and the DataModule's rank-aware samplers."""
+"""HDF5 shards (both storages, SR scale, clean-only samples), datasets, the balanced
+rank-aware batch sampler and the MultiTaskDataModule."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import TOY_TASKS, write_toy_shard
-from medrestore.datasets.datamodule import EpochBlockSampler, RestorationDataModule, StridedEvalSampler
-from medrestore.datasets.pairs import ShardPairs, TaskUniformPatches
+from medrestore.datasets.datamodule import MultiTaskDataModule
+from medrestore.datasets.pairs import ShardPairs, TrainPatches, load_sets, normalise_sets
+from medrestore.datasets.samplers import BalancedBatchSampler, StridedEvalSampler, group_rows
 from medrestore.errors import ConfigError
-from medrestore.io.hdf5 import PairWriter, ShardError, read_manifest
+from medrestore.io.hdf5 import PairWriter, ShardError, read_manifest, read_pair, to_unit
 from medrestore.registry import RegistryError
-from medrestore.sample import make_meta, validate_sample
+from medrestore.sample import Normalisation, make_meta, validate_sample
 
 
 def test_manifest_and_atomic_write(tmp_path, toy_shard):
@@ -51,6 +53,10 @@ def test_bad_shards_give_one_line_errors(tmp_path):
         read_manifest(junk)
 
 
+def _patches(shard, patch=32, **kw):
+    return TrainPatches(load_sets(normalise_sets([shard]), ["train"]), patch, **kw)
+
+
 def test_full_image_dataset_yields_contract_samples(toy_shard):
     ds = ShardPairs([toy_shard], "test")
     assert len(ds) == len(TOY_TASKS)
@@ -60,64 +66,233 @@ def test_full_image_dataset_yields_contract_samples(toy_shard):
         ShardPairs([toy_shard], "test", tasks=["ct_denoising"])
 
 
-def test_patches_are_task_uniform_deterministic_and_picklable(toy_shard):
-    ds = TaskUniformPatches([toy_shard], patch_size=32, length=30, augment=True, seed=3)
-    tasks = [ds[i]["task"] for i in range(30)]
-    assert Counter(tasks) == {t: 10 for t in TOY_TASKS}
-    a, b = ds[7], ds[7]
+# ------------------------------------------------------------------ physical storage, SR scale
+@pytest.fixture(scope="module")
+def v2_shard(tmp_path_factory):
+    """int16 HU CT, uint8 RGB with a ×4 LR-native lq, and a clean-only (on-the-fly) photo."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("v2") / "v2.h5"
+    ct_norm = Normalisation(-1024, 3072, "HU").to_dict()
+    u8 = Normalisation(0, 255, "8-bit").to_dict()
+    with PairWriter(path, attrs={"dataset": "unit-test", "args": {"seed": 0}}) as w:
+        for i, split in enumerate(("train", "val", "test")):
+            hu = rng.integers(-1024, 2000, size=(1, 40, 48)).astype(np.int16)
+            w.add((hu + 7).astype(np.int16), hu, task="ct_denoise", key=f"ct/p{i}", split=split,
+                  storage="physical", meta=make_meta("ct_denoise", normalisation=ct_norm))
+            gt = rng.integers(0, 256, size=(3, 64, 72)).astype(np.uint8)
+            lr = gt[:, ::4, ::4].copy()
+            w.add(lr, gt, task="natural_sr", key=f"img/{i}", split=split, scale=4,
+                  storage="physical", meta=make_meta("natural_sr", normalisation=u8))
+        gt = rng.integers(0, 256, size=(3, 40, 40)).astype(np.uint8)
+        w.add(None, gt, task="natural_denoise", key="img/clean", split="train", storage="physical",
+              meta=make_meta("natural_denoise", normalisation=u8,
+                             simulator={"name": "gaussian_noise", "params": {"sigma": 25}}))
+    return path
+
+
+def test_physical_storage_keeps_dtype_and_normalises_on_read(v2_shard):
+    rows = {r["id"]: r for r in read_manifest(v2_shard)}
+    assert rows["ct_denoise:ct|p0"]["storage"] == "physical"
+    assert rows["natural_sr:img|0"]["lq_shape"] == [3, 16, 18] and rows["natural_sr:img|0"]["scale"] == 4
+    assert rows["natural_denoise:img|clean"]["simulator"]["name"] == "gaussian_noise"
+    with h5py.File(v2_shard) as f:
+        lq, gt, attrs = read_pair(f, "ct_denoise:ct|p1")
+        assert gt.dtype == np.int16 and attrs["storage"] == "physical"
+        np.testing.assert_allclose(to_unit(gt, "physical", attrs["meta"]),
+                                   (gt.astype(np.float32) + 1024) / 4096, atol=1e-6)
+        lq, gt, _ = read_pair(f, "natural_sr:img|0", window=(8, 12, 32, 40))
+        assert gt.shape == (3, 32, 40) and lq.shape == (3, 8, 10)
+        with pytest.raises(ShardError, match="not aligned to scale 4"):
+            read_pair(f, "natural_sr:img|0", window=(1, 0, 32, 32))
+    sample = ShardPairs([v2_shard], "val", tasks=["ct_denoise"])[0]
+    validate_sample(sample)
+    assert abs(float(sample["lq"].mean() - sample["gt"].mean()) - 7 / 4096) < 1e-5
+
+
+def test_writer_rejects_bad_v2_samples(tmp_path):
+    meta = make_meta("natural_sr", normalisation=Normalisation(0, 255))
+    with PairWriter(tmp_path / "x.h5") as w:
+        with pytest.raises(ShardError, match="at scale 4"):
+            w.add(np.zeros((3, 10, 10), np.uint8), np.zeros((3, 32, 32), np.uint8), task="natural_sr",
+                  key="a", split="train", scale=4, storage="physical", meta=meta)
+        with pytest.raises(ShardError, match="clean-only sample .* needs"):
+            w.add(None, np.zeros((3, 8, 8), np.uint8), task="natural_sr", key="b", split="train",
+                  storage="physical", meta=meta)
+        with pytest.raises(ShardError, match="'test' needs a fixed"):
+            w.add(None, np.zeros((3, 8, 8), np.uint8), task="natural_sr", key="c", split="test",
+                  storage="physical", meta={**meta, "simulator": {"name": "bicubic"}})
+        with pytest.raises(ShardError, match="needs meta\\['normalisation'\\]"):
+            w.add(np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), task="ct_denoise", key="d",
+                  split="train", storage="physical", meta={})
+
+
+def test_scale_aware_crops_and_upsampled_full_images(v2_shard):
+    ds = TrainPatches(load_sets(normalise_sets([{"shard": v2_shard, "tasks": ["natural_sr"]}]),
+                                ["train"]), 32, seed=1)
+    s = ds[(0, 5)]
+    validate_sample(s)
+    assert s["lq"].shape == s["gt"].shape == (3, 32, 32) and s["meta"]["scale"] == 4
+    # the GT patch is an aligned window of the stored image, and the LR window matches it
+    with h5py.File(v2_shard) as f:
+        _, gt_full, _ = read_pair(f, "natural_sr:img|0")
+    gt_patch = np.rint(s["gt"].numpy() * 255).astype(np.uint8)
+    hits = [(t, l) for t in range(0, 64 - 31, 4) for l in range(0, 72 - 31, 4)
+            if np.array_equal(gt_full[:, t:t + 32, l:l + 32], gt_patch)]
+    assert len(hits) == 1
+    raw = TrainPatches(ds.rows, 32, seed=1, upsample_lq=False)[(0, 5)]
+    assert raw["lq"].shape == (3, 8, 8)          # kept low-resolution for SR-head networks
+    t, l = hits[0]
+    np.testing.assert_allclose(raw["lq"].numpy(), gt_full[:, t:t + 32:4, l:l + 32:4] / 255, atol=1e-6)
+    with pytest.raises(ConfigError, match="multiple of the stored SR scale"):
+        TrainPatches(ds.rows, 30)
+    full = ShardPairs([v2_shard], "test", tasks=["natural_sr"])[0]
+    assert full["lq"].shape == full["gt"].shape == (3, 64, 72)
+
+
+def test_clean_only_samples_are_degraded_on_the_fly_reproducibly(v2_shard):
+    ds = TrainPatches(load_sets(normalise_sets([{"shard": v2_shard, "tasks": ["natural_denoise"]}]),
+                                ["train"]), 32, seed=0)
+    a, b, c = ds[(0, 11)], ds[(0, 11)], ds[(0, 12)]
+    assert np.array_equal(a["lq"], b["lq"]) and not np.array_equal(a["lq"], c["lq"])
+    noise = (a["lq"] - a["gt"]).numpy()
+    assert 0.07 < noise.std() < 0.12                 # sigma 25/255 = 0.098, a little clipping
+
+
+def test_patches_are_deterministic_and_picklable(toy_shard):
+    ds = _patches(toy_shard, augment=True, seed=3)
+    a, b = ds[(4, 7)], ds[(4, 7)]
     assert np.array_equal(a["lq"], b["lq"]) and a["lq"].shape[-2:] == (32, 32)
-    assert not np.array_equal(ds[7]["gt"], ds[7 + 30 * 3]["gt"])  # next epochs draw new crops
+    assert not np.array_equal(a["gt"], ds[(4, 8)]["gt"])
     clone = pickle.loads(pickle.dumps(ds))   # with an open handle: must not pickle h5py objects
-    assert np.array_equal(clone[7]["lq"], a["lq"])
+    assert np.array_equal(clone[(4, 7)]["lq"], a["lq"])
 
 
 def test_patch_larger_than_image_is_reflect_padded(tmp_path):
     shard = write_toy_shard(tmp_path / "small.h5", sizes=((20, 24),), tasks=("ct_denoise",))
-    s = TaskUniformPatches([shard], patch_size=32, length=2)[0]
+    s = _patches(shard)[(0, 0)]
     assert s["lq"].shape == (1, 32, 32)
 
 
-def test_samplers_are_disjoint_across_ranks_and_epochs():
-    n, world = 24, 2
-    ranks = [EpochBlockSampler(n, r, world) for r in range(world)]
-    seen = []
-    for epoch in range(2):
+# ------------------------------------------------------------------ balanced batch sampler
+def _take(sampler, epoch=0):
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_tat_batches_hold_four_per_task():
+    groups = [list(range(0, 50)), list(range(50, 60)), list(range(60, 300))]
+    s = BalancedBatchSampler(groups, 12, num_batches=20)
+    for batch in _take(s):
+        counts = Counter(0 if r < 50 else 1 if r < 60 else 2 for r, _ in batch)
+        assert counts == {0: 4, 1: 4, 2: 4}
+
+
+def test_datprl_batches_and_remainder_weights():
+    sizes = [3450 * 12, 1680 * 22, 405, 200 * 200, 534 * 75, 2039 * 2]   # DATPRL repeat factors
+    groups, start = [], 0
+    for n in sizes:
+        groups.append(list(range(start, start + min(n, 500))))
+        start += 500
+    for batch in _take(BalancedBatchSampler(groups, 12, num_batches=10)):
+        assert Counter(r // 500 for r, _ in batch) == {k: 2 for k in range(6)}
+    # batch 8 over 6 groups: 1 each, and the 2 remainder slots go preferentially to the heavier
+    weights = [1.0, 1.0, 1.0, 1.0, 1.2, 1.1]
+    total = Counter()
+    for batch in _take(BalancedBatchSampler(groups, 8, weights=weights, num_batches=126)):
+        c = Counter(r // 500 for r, _ in batch)
+        assert all(c[k] >= 1 for k in range(6)) and sum(c.values()) == 8
+        total.update(c)
+    extra = {k: total[k] - 126 for k in range(6)}
+    assert extra[4] > extra[5] > extra[0] and sum(extra.values()) == 252
+    assert abs(extra[4] / extra[0] - 1.2) < 0.05
+
+
+def test_weighted_and_none_modes_follow_weights_and_repeats():
+    groups = [list(range(10)), list(range(10, 20))]
+    total = Counter()
+    for batch in _take(BalancedBatchSampler(groups, 6, weights=[1, 2], balance="weighted", num_batches=30)):
+        total.update(r // 10 for r, _ in batch)
+    assert total == {0: 60, 1: 120}
+    pools = [list(range(10)) * 3, list(range(10, 20))]            # repeat 3 vs 1
+    total = Counter()
+    s = BalancedBatchSampler(pools, 8, balance="none", num_batches=100)
+    for batch in _take(s):
+        total.update(r // 10 for r, _ in batch)
+    assert total[0] == 3 * total[1]                                # exact: whole passes of 40
+
+
+def test_ranks_get_disjoint_balanced_batches_reshuffled_per_epoch():
+    groups = [list(range(0, 7)), list(range(7, 20)), list(range(20, 23))]
+    world, per_rank = 2, 6
+    ranks = [BalancedBatchSampler(groups, per_rank, rank=r, world_size=world, seed=5)
+             for r in range(world)]
+    assert len(ranks[0]) == len(ranks[1]) == 2                    # ceil(23 / 12)
+    epochs = []
+    for epoch in range(3):
+        draws = []
         for s in ranks:
-            s.set_epoch(epoch)
-            seen += list(s)
-    assert len(seen) == len(set(seen)) == 2 * n
-    evals = [list(StridedEvalSampler(5, r, world)) for r in range(world)]
-    assert sorted(evals[0] + evals[1]) == [0, 1, 2, 3, 4]   # no padding, no duplicates
+            for batch in _take(s, epoch):
+                assert Counter(0 if r < 7 else 1 if r < 20 else 2 for r, _ in batch) == {0: 2, 1: 2, 2: 2}
+                draws += [d for _, d in batch]
+        assert len(draws) == len(set(draws)) == 24                # no item shared by ranks
+        epochs.append(draws)
+    assert len(set(epochs[0]) & set(epochs[1])) == 0             # each epoch draws anew
+    again = BalancedBatchSampler(groups, per_rank, rank=1, world_size=world, seed=5)
+    assert _take(again, 2) == _take(ranks[1], 2)                  # reproducible from the seed
+    # within one pass a group's rows are a permutation: rows of group 2 (3 images) cycle
+    per_rank_batches = [_take(s, 0) for s in ranks]
+    stream = [r for step in range(2) for rank in range(world)
+              for r, _ in per_rank_batches[rank][step] if r >= 20]   # step-major, rank-minor
+    assert len(stream) == 8 and sorted(stream[:3]) == sorted(stream[3:6]) == [20, 21, 22]
 
 
-def test_balanced_batches_per_rank(toy_shard):
-    # each rank's batch of 6 consecutive indices holds 2 samples of each of the 3 tasks
-    ds = TaskUniformPatches([toy_shard], patch_size=16, length=24)
-    for rank in (0, 1):
-        idx = list(EpochBlockSampler(24, rank, 2))
-        for start in range(0, len(idx), 6):
-            batch = [ds[i]["task"] for i in idx[start:start + 6]]
-            assert Counter(batch) == {t: 2 for t in TOY_TASKS}
+def test_eval_sampler_has_no_padding():
+    evals = [list(StridedEvalSampler(5, r, 2)) for r in range(2)]
+    assert sorted(evals[0] + evals[1]) == [0, 1, 2, 3, 4]
+
+
+def test_sampler_config_errors():
+    with pytest.raises(ConfigError, match="data.balance"):
+        BalancedBatchSampler([[0]], 2, balance="uniform")
+    with pytest.raises(ConfigError, match="at least one training image"):
+        BalancedBatchSampler([[0], []], 2)
+    with pytest.raises(ConfigError, match="positive numbers"):
+        BalancedBatchSampler([[0], [1]], 2, weights=[1, 0])
+
+
+# ------------------------------------------------------------------ the DataModule
+def test_sets_repeat_factors_and_groups(toy_shard, v2_shard):
+    sets = normalise_sets([{"shard": toy_shard, "tasks": ["ct_denoise"], "repeat": 3},
+                           {"shard": v2_shard, "repeat": 2}])
+    rows = load_sets(sets, ["train"])
+    names, pools = group_rows(rows, "task")
+    assert names == ["ct_denoise", "natural_denoise", "natural_sr"]
+    assert len(pools[0]) == 4 * 3 + 1 * 2          # toy: 4 train CT images ×3, v2: 1 ×2
+    set_names, _ = group_rows(rows, "set")
+    assert set_names == ["toy[ct_denoise]", "v2"]
+    with pytest.raises(ConfigError, match="repeat=0"):
+        normalise_sets([{"shard": toy_shard, "repeat": 0}])
+    with pytest.raises(ConfigError, match="unknown key"):
+        normalise_sets([{"shard": toy_shard, "repeats": 2}])
+    with pytest.raises(ConfigError, match="selected by two"):
+        load_sets(normalise_sets([{"shard": toy_shard, "name": "a"}, {"shard": toy_shard, "name": "b"}]),
+                  ["train"])
 
 
 def test_datamodule_batches_and_config_errors(toy_shard, tmp_path):
-    dm = RestorationDataModule([str(toy_shard)], patch_size=32, batch_size=6, samples_per_epoch=12)
+    dm = MultiTaskDataModule([str(toy_shard)], patch_size=32, batch_size=6, samples_per_epoch=12)
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    assert batch["lq"].shape == (6, 3, 32, 32) and sorted(set(batch["task"])) == sorted(TOY_TASKS)
+    loader = dm.train_dataloader()
+    assert len(loader) == 2
+    batch = next(iter(loader))
+    assert batch["lq"].shape == (6, 3, 32, 32)
+    assert Counter(batch["task"]) == {t: 2 for t in TOY_TASKS}
     assert len(dm.val_dataloader()) == len(TOY_TASKS)
+    default_epoch = MultiTaskDataModule([{"shard": str(toy_shard), "repeat": 5}], batch_size=6)
+    assert len(default_epoch.train_sampler()) == 10          # 3 tasks × 4 images × 5 / 6
     with pytest.raises(ConfigError, match="no 'train' samples"):
-        RestorationDataModule([str(toy_shard)], tasks=["deblur"]).setup("fit")
+        MultiTaskDataModule([str(toy_shard)], tasks=["deblur"]).setup("fit")
     with pytest.raises(ShardError, match="no such shard"):
-        RestorationDataModule([str(tmp_path / "nope.h5")]).setup("fit")
-
-
-def test_task_weights_repeat_tasks_in_the_cycle(toy_shard):
-    ds = TaskUniformPatches([toy_shard], patch_size=16, length=40,
-                            task_weights={"rs_sr": 3})
-    counts = Counter(ds[i]["task"] for i in range(40))
-    assert counts["rs_sr"] == 3 * counts["ct_denoise"] == 3 * counts["natural_denoise"]
-    with pytest.raises(ConfigError, match="task_weights names task"):
-        TaskUniformPatches([toy_shard], patch_size=16, length=4, task_weights={"derain": 2})
-    with pytest.raises(ConfigError, match="positive integer"):
-        TaskUniformPatches([toy_shard], patch_size=16, length=4, task_weights={"rs_sr": 0})
+        MultiTaskDataModule([str(tmp_path / "nope.h5")]).setup("fit")
+    with pytest.raises(ConfigError, match="data.weights names"):
+        MultiTaskDataModule([str(toy_shard)], weights={"derain": 2}).setup("fit")

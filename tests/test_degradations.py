@@ -248,6 +248,253 @@ def test_cloud_overlay_leaves_cloud_free_pixels_unchanged():
         remote_sensing.cloud_overlay(img, mask[:50], keyed_rng("cloud", 0))
 
 
+# ----------------------------------------------------------------------------- MATLAB bicubic
+def _matlab_x(n_out: int, s: float) -> np.ndarray:
+    """1-based input coordinate of each output pixel: u / s + 0.5 (1 - 1/s)."""
+    u = np.arange(1, n_out + 1, dtype=np.float64)
+    return u / s + 0.5 * (1.0 - 1.0 / s)
+
+
+def _interior(x: np.ndarray, s: float, n: int) -> np.ndarray:
+    """Output pixels whose kernel support lies inside the input (no border handling involved)."""
+    half = 2.0 / min(s, 1.0) + 1.0
+    return (x - half >= 1) & (x + half <= n)
+
+
+def _poly(r, c):
+    return 0.3 * r ** 2 - 0.2 * c ** 2 + 0.05 * r * c + r - 2.0 * c + 5.0
+
+
+@pytest.mark.parametrize("s", [0.5, 0.25, 2.0])
+def test_imresize_reproduces_ramps_and_quadratics_in_the_interior(s):
+    from medrestore.degradations.resize import imresize
+
+    h, w = 64, 80
+    r, c = np.mgrid[1:h + 1, 1:w + 1].astype(np.float64)          # 1-based pixel coordinates
+    for img, f in ((3.0 * c - 0.5 * r + 7.0, lambda rr, cc: 3.0 * cc - 0.5 * rr + 7.0), (_poly(r, c), _poly)):
+        out = imresize(img, s)
+        assert out.shape == (int(np.ceil(h * s)), int(np.ceil(w * s))) and out.dtype == np.float32
+        xr, xc = _matlab_x(out.shape[0], s), _matlab_x(out.shape[1], s)
+        ok = np.ix_(_interior(xr, s, h), _interior(xc, s, w))
+        assert out[ok].size >= 4
+        expected = f(xr[:, None], xc[None, :])
+        # the Keys kernel (a = -0.5), plain or stretched by 1/s, reproduces degree <= 2 exactly
+        np.testing.assert_allclose(out.astype(np.float64)[ok], expected[ok], rtol=2e-6, atol=2e-4)
+
+
+def test_imresize_upscaling_a_ramp_samples_at_u_over_2_plus_quarter():
+    from medrestore.degradations.resize import imresize
+
+    ramp = np.tile(np.arange(1, 21, dtype=np.float64), (4, 1))        # value = column index
+    out = imresize(ramp, 2.0)
+    assert out.shape == (8, 40)
+    u = np.arange(1, 41)
+    np.testing.assert_allclose(out[0, 3:-3], (u / 2 + 0.25)[3:-3], atol=1e-6)
+    np.testing.assert_allclose(out, np.broadcast_to(out[0], out.shape))    # rows are constant
+
+
+def test_imresize_matches_matlab_printouts_with_replicated_borders():
+    # Outputs printed by MATLAB releases that clamped out-of-range indices (4 decimals)
+    from medrestore.degradations.resize import imresize
+
+    a = np.array([[3, 1, 2, 6], [1, 5, 2, 7], [1, 3, 6, 2], [4, 1, 9, 2]], dtype=np.float64)
+    ref = np.array([
+        [3.3109, 2.6187, 1.1206, 0.7166, 1.4067, 2.8883, 5.1615, 6.2060],
+        [2.6454, 2.4435, 2.0052, 1.7138, 1.5692, 2.8062, 5.4248, 6.6307],
+        [1.2008, 2.0609, 3.9181, 3.8763, 1.9355, 2.6382, 5.9844, 7.5302],
+        [0.4985, 1.6796, 4.2357, 4.6921, 3.0489, 3.2618, 5.3307, 6.2876],
+        [0.5384, 1.2996, 2.9579, 4.1612, 4.9094, 4.6769, 3.4639, 2.9028],
+        [1.5500, 1.6768, 1.9697, 3.5367, 6.3776, 6.1378, 2.8173, 1.2798],
+        [3.5334, 2.8110, 1.2710, 2.8185, 7.4537, 7.6444, 3.3907, 1.4186],
+        [4.4466, 3.3344, 0.9529, 2.4891, 7.9430, 8.3334, 3.6605, 1.4930]])
+    np.testing.assert_allclose(imresize(a, output_shape=(8, 8), border="replicate"), ref, atol=6e-5)
+    row = imresize(np.array([[0, 0, 1, 1, 0]], dtype=np.float64), output_shape=(1, 10), border="replicate")
+    np.testing.assert_allclose(row[0], [0, -0.0234, -0.0703, 0.2031, 0.7969, 1.0938, 1.0938, 0.7969,
+                                        0.2031, -0.0703], atol=6e-5)
+    # the interior is the same with both border rules; only the outer pixels differ
+    sym = imresize(a, 2.0)
+    np.testing.assert_allclose(sym[2:-2, 2:-2], ref[2:-2, 2:-2], atol=6e-5)
+    assert np.abs(sym - ref).max() > 0.05
+
+
+@pytest.mark.parametrize("s", [2.0, 0.5, 0.25])
+def test_imresize_border_is_a_symmetric_mirror(s):
+    # Resizing the explicitly mirrored signal [rev(v), v, rev(v)] needs no border rule for its
+    # middle third, which must therefore equal imresize(v) with the symmetric border.
+    from medrestore.degradations.resize import imresize
+
+    v = np.random.default_rng(3).random(24)
+    ext = np.concatenate([v[::-1], v, v[::-1]])[None, :]
+    mid = imresize(ext, output_shape=(1, int(round(72 * s))))[0]
+    n_out = int(round(24 * s))
+    np.testing.assert_allclose(imresize(v[None, :], output_shape=(1, n_out))[0],
+                               mid[n_out:2 * n_out], atol=1e-6)
+    assert not np.allclose(imresize(v[None, :], output_shape=(1, n_out), border="replicate")[0],
+                           mid[n_out:2 * n_out], atol=1e-6)
+
+
+def test_imresize_constants_sizes_layouts_and_uint8():
+    from medrestore.degradations.resize import imresize
+
+    const = np.full((37, 50), 0.37)
+    for s in (0.25, 1 / 3, 0.5, 2.0, 3.0):
+        out = imresize(const, s)
+        assert out.shape == (int(np.ceil(37 * s)), int(np.ceil(50 * s)))
+        np.testing.assert_allclose(out, 0.37, atol=1e-6)            # borders included
+    assert imresize(const, output_shape=(11, 29)).shape == (11, 29)
+    assert imresize(np.zeros((100, 10)), 1 / 3).shape == (34, 4)
+    np.testing.assert_allclose(imresize(const, 1.0), const, atol=1e-7)
+    hwc = np.random.default_rng(0).random((30, 40, 3))
+    a = imresize(hwc, 0.5)
+    assert a.shape == (15, 20, 3)
+    np.testing.assert_allclose(np.moveaxis(imresize(np.moveaxis(hwc, -1, 0), 0.5), 0, -1), a, atol=1e-6)
+    np.testing.assert_allclose(imresize(hwc[..., 1], 0.5), a[..., 1], atol=1e-6)
+    many = np.random.default_rng(1).random((7, 30, 40))               # 7 bands: layout named
+    assert imresize(many, 0.5, layout="chw").shape == (7, 15, 20)
+    # uint8: rounded and saturated like MATLAB (a hard edge overshoots in float)
+    u8 = np.zeros((16, 16), dtype=np.uint8)
+    u8[:, 8:] = 255
+    up8, upf = imresize(u8, 2.0), imresize(u8.astype(np.float64), 2.0)
+    assert up8.dtype == np.uint8 and upf.min() < 0 and upf.max() > 255
+    np.testing.assert_array_equal(up8, np.clip(np.floor(upf.astype(np.float64) + 0.5), 0, 255))
+    np.testing.assert_array_equal(imresize(np.full((9, 9), 77, dtype=np.uint8), 0.5), 77)
+    with pytest.raises(ValueError, match="exactly one"):
+        imresize(const)
+    with pytest.raises(ValueError, match="scale"):
+        imresize(const, -2.0)
+
+
+def test_imresize_integer_passes_run_smaller_scale_first_and_round_in_between():
+    from medrestore.degradations.resize import imresize
+
+    x = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    out = imresize(x, output_shape=(128, 32))                   # rows x2, columns x0.5
+    cols_first = imresize(imresize(x, output_shape=(64, 32)), output_shape=(128, 32))
+    rows_first = imresize(imresize(x, output_shape=(128, 64)), output_shape=(128, 32))
+    np.testing.assert_array_equal(out, cols_first)
+    assert (out != rows_first).any()                           # the order matters for integers
+    f = imresize(x.astype(np.float64), output_shape=(128, 32))
+    assert np.abs(out.astype(np.float64) - f).max() <= 1.5      # rounding twice, nothing more
+
+
+def test_imresize_down_up_of_a_smooth_image_and_no_border_darkening():
+    from medrestore.degradations.resize import bicubic_sr, imresize
+
+    yy, xx = np.mgrid[:96, :128] / 96.0
+    smooth = 0.5 + 0.3 * np.sin(2 * np.pi * 1.5 * xx) * np.cos(2 * np.pi * yy)
+    back = bicubic_sr(smooth, 4)
+    assert back.shape == smooth.shape
+    err = np.abs(back - smooth)
+    assert err.mean() < 3e-3 and err[8:-8, 8:-8].max() < 2e-3
+    # constant left half, step to 0.2 on the right: zero padding would darken the left border
+    step = np.ones((48, 64))
+    step[:, 32:] = 0.2
+    for img in (imresize(step, 0.25), bicubic_sr(step, 4)):
+        w = img.shape[1]
+        np.testing.assert_allclose(img[:, : w // 4], 1.0, atol=1e-6)
+        np.testing.assert_allclose(img[:, -w // 8:], 0.2, atol=1e-6)
+
+
+def test_bicubic_sr_shapes_and_loose_agreement_with_the_torch_version():
+    from medrestore.degradations.resize import bicubic_sr
+
+    img = np.random.default_rng(5).random((50, 37, 3))
+    assert bicubic_sr(img, 4).shape == img.shape                          # back on the HR grid
+    assert bicubic_sr(img, 4, upsample=False).shape == (13, 10, 3)       # ceil(50/4), ceil(37/4)
+    assert bicubic_sr((img * 255).astype(np.uint8), 4).dtype == np.uint8
+    hr = np.random.default_rng(6).random((64, 64, 3))
+    ours, torch_version = bicubic_sr(hr, 4), natural.bicubic_down_up(hr, 4, clip=False)
+    # different kernels (a = -0.5 vs -0.75) and borders: close, not equal
+    gap = np.abs(ours - torch_version).mean()
+    assert 0 < gap < 0.1 * np.abs(ours - hr).mean()
+    with pytest.raises(ValueError, match=">= 1"):
+        bicubic_sr(hr, 0.5)
+
+
+# ----------------------------------------------------------------------------- MRI downsample
+def test_mri_downsample_methods_and_rician_noise():
+    from medrestore.degradations.resize import bicubic_sr
+
+    img = _brainish(64) * 1000.0
+    np.testing.assert_array_equal(mri.downsample(img, 4), mri.kspace_truncate(img, 4))
+    bic = mri.downsample(img, 4, method="bicubic")
+    assert bic.shape == img.shape and bic.dtype == np.float32 and (bic >= 0).all()
+    np.testing.assert_allclose(bic, np.maximum(bicubic_sr(img, 4), 0), atol=1e-3)
+    assert not np.allclose(bic, mri.downsample(img, 4))            # a different degradation
+    vol = np.stack([img, img[::-1]])
+    np.testing.assert_array_equal(mri.downsample(vol, 2, "bicubic")[1], mri.downsample(img[::-1], 2, "bicubic"))
+    noisy = mri.downsample(np.zeros((128, 128)), 4, rician_sigma=5.0, rng=keyed_rng("mri", 0))
+    assert noisy.mean() == pytest.approx(5.0 * np.sqrt(np.pi / 2), rel=0.03)   # Rayleigh background
+    with pytest.raises(ValueError, match="rng"):
+        mri.downsample(img, 4, rician_sigma=1.0)
+    with pytest.raises(ValueError, match="method"):
+        mri.downsample(img, 4, method="nearest")
+
+
+# ----------------------------------------------------------------------------- fractal clouds
+def _radial_slope(field: np.ndarray) -> float:
+    """Slope of log(radially averaged power) vs log(frequency), each annulus weighted by the
+    square root of its number of Fourier samples (the sparse low-frequency rings are noisy)."""
+    h, w = field.shape
+    power = np.abs(np.fft.fft2(field)) ** 2
+    f = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :])
+    edges = np.geomspace(2.0 / min(h, w), 0.45, 20)
+    idx = np.digitize(f, edges)
+    rings = [idx == i for i in range(1, len(edges)) if (idx == i).any()]
+    fc, pc = [f[r].mean() for r in rings], [power[r].mean() for r in rings]
+    weight = np.sqrt([r.sum() for r in rings])
+    return float(np.polyfit(np.log(fc), np.log(pc), 1, w=weight)[0])
+
+
+@pytest.mark.parametrize("beta", [2.0, 3.0])
+def test_fractal_field_has_a_power_law_spectrum(beta):
+    field = remote_sensing.fractal_field((128, 160), keyed_rng("fractal", 0), beta)
+    assert field.shape == (128, 160)
+    assert abs(field.mean()) < 1e-9 and field.std() == pytest.approx(1.0)
+    assert _radial_slope(field) == pytest.approx(-beta, abs=0.15)
+    white = remote_sensing.fractal_field((128, 128), keyed_rng("fractal", 0), 0.0)
+    assert _radial_slope(white) == pytest.approx(0.0, abs=0.15)
+    np.testing.assert_array_equal(remote_sensing.fractal_field((64, 64), keyed_rng("h", 0), hurst=0.5),
+                                  remote_sensing.fractal_field((64, 64), keyed_rng("h", 0), 3.0))
+
+
+def test_fractal_cloud_coverage_range_and_reproducibility():
+    for cover in (0.1, 0.4, 0.75):
+        a = remote_sensing.fractal_cloud((96, 128), keyed_rng("cloud", 1), coverage=cover)
+        assert a.shape == (96, 128) and a.min() >= 0 and a.max() <= 1
+        assert (a > 0).mean() == pytest.approx(cover, abs=2e-3)
+        # cloud where the field exceeds its (1 - cover) quantile, opaque softness std above it
+        field = remote_sensing.fractal_field((96, 128), keyed_rng("cloud", 1))
+        q = np.quantile(field, 1 - cover)
+        np.testing.assert_array_equal(a > 0, field > q)
+        np.testing.assert_array_equal(a == 1, field >= q + 1.0)
+        assert 0.5 < a.max()
+    a = remote_sensing.fractal_cloud((64, 64), keyed_rng("cloud", 2), coverage=0.3)
+    np.testing.assert_array_equal(a, remote_sensing.fractal_cloud((64, 64), keyed_rng("cloud", 2), coverage=0.3))
+    assert not np.array_equal(a, remote_sensing.fractal_cloud((64, 64), keyed_rng("cloud", 3), coverage=0.3))
+    assert not remote_sensing.fractal_cloud((32, 32), keyed_rng("c", 0), coverage=0.0).any()
+    # cloud_overlay takes the map: clear pixels stay bit-identical
+    img = (np.random.default_rng(4).random((64, 64, 3)) * 0.5).astype(np.float32)
+    out = remote_sensing.cloud_overlay(img, a, keyed_rng("cloud", 5))
+    np.testing.assert_array_equal(out[a == 0], img[a == 0])
+    assert (out[a > 0.5] > img[a > 0.5]).all()
+    with pytest.raises(ValueError, match="coverage"):
+        remote_sensing.fractal_cloud((32, 32), keyed_rng("c", 0), coverage=1.5)
+    with pytest.raises(ValueError, match="not both"):
+        remote_sensing.fractal_field((32, 32), keyed_rng("c", 0), 2.0, hurst=0.5)
+
+
+def test_motion_blur_with_periodic_boundary_preserves_the_mean():
+    yy, xx = np.mgrid[:64, :64] / 64.0
+    img = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (2 * xx + 3 * yy)) * np.cos(2 * np.pi * k * xx)
+                    for k in (1, 2, 3)], -1)
+    out = natural.motion_blur(img, length=11, angle=35, boundary="wrap")
+    np.testing.assert_allclose(out.astype(np.float64).mean(axis=(0, 1)), img.mean(axis=(0, 1)), atol=1e-7)
+    assert out.std() < img.std()
+    with pytest.raises(ValueError, match="boundary"):
+        natural.motion_blur(img, length=5, angle=0, boundary="zero")
+
+
 # ----------------------------------------------------------------------------- DICOM
 def test_read_dicom_ct_small_gives_hounsfield_units():
     import pydicom

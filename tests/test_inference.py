@@ -25,3 +25,40 @@ def test_restore_hu_array_round_trip(tmp_path):
     assert np.allclose(out, hu, atol=0.05)          # identity net: HU preserved
     rgb = np.random.default_rng(1).uniform(0, 255, size=(3, 20, 24)).astype(np.float32)
     assert r.restore(rgb, task="derain").shape == (3, 20, 24)
+
+
+def _identity_restorer(tmp_path):
+    model = RestorationModule({"name": "restormer_tiny", "in_channels": 3, "out_channels": 3},
+                              {"_target_": "torch.optim.Adam", "lr": 1e-3})
+    torch.nn.init.zeros_(model.net.output.weight)   # identity network (global residual)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "id.ckpt")
+    return Restorer.from_checkpoint(str(tmp_path / "id.ckpt"))
+
+
+def test_restore_file_writes_the_format_it_read(tmp_path):
+    import nibabel as nib
+    import pytest
+
+    from medrestore.io.base import WriteError, read_image, write_image
+
+    r = _identity_restorer(tmp_path)
+    # NIfTI volume in SUV with a non-trivial affine: same affine and shape out
+    affine = np.array([[0, 0, 2.0, -10], [0, 1.5, 0, 4], [-1.0, 0, 0, 7], [0, 0, 0, 1]])
+    vol = np.random.default_rng(0).uniform(0, 15, size=(20, 24, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, affine), tmp_path / "ld.nii.gz")
+    out = r.restore_file(tmp_path / "ld.nii.gz", tmp_path / "fd.nii.gz", task="pet_synthesis")
+    restored = nib.load(out)
+    np.testing.assert_allclose(restored.affine, affine)
+    np.testing.assert_allclose(restored.get_fdata(), vol, atol=0.01)   # identity net, SUV kept
+    # 8-bit RGB PNG stays an 8-bit RGB PNG; ×4 SR input comes back on the HR grid
+    rgb = np.random.default_rng(1).integers(0, 256, size=(3, 16, 20)).astype(np.uint8)
+    write_image(rgb, {"format": "png"}, tmp_path / "lr.png")
+    out = r.restore_file(tmp_path / "lr.png", tmp_path / "sr.png", task="natural_sr", scale=4)
+    arr, meta = read_image(out)
+    assert meta["format"] == "png" and arr.dtype == np.uint8 and arr.shape == (3, 64, 80)
+    same = r.restore_file(tmp_path / "lr.png", tmp_path / "same.png", task="derain")
+    assert np.abs(read_image(same)[0].astype(int) - rgb).max() <= 1
+    with pytest.raises(WriteError, match="already exists"):
+        r.restore_file(tmp_path / "lr.png", tmp_path / "same.png", task="derain")

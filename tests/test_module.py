@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 
-from medrestore.datasets.datamodule import RestorationDataModule
+from medrestore.datasets.datamodule import MultiTaskDataModule
 from medrestore.errors import ConfigError
 from medrestore.modules.restoration import RestorationModule
 from medrestore.modules.schedulers import warmup_cosine
@@ -23,7 +23,7 @@ def _batch(dm):
 
 def test_short_fit_lowers_the_loss(toy_shard):
     torch.manual_seed(0)
-    dm = RestorationDataModule([str(toy_shard)], patch_size=32, batch_size=6, samples_per_epoch=6)
+    dm = MultiTaskDataModule([str(toy_shard)], patch_size=32, batch_size=6, samples_per_epoch=6)
     batch = _batch(dm)
     model = RestorationModule(TINY, OPT)
     model.log = lambda *a, **k: None  # training_step logs; no trainer attached here
@@ -50,7 +50,7 @@ class Weighted(RestorationModule):
 
 
 def test_family_hooks_shape_the_training_loss(toy_shard):
-    dm = RestorationDataModule([str(toy_shard)], patch_size=32, batch_size=6, samples_per_epoch=6)
+    dm = MultiTaskDataModule([str(toy_shard)], patch_size=32, batch_size=6, samples_per_epoch=6)
     batch = _batch(dm)
     model = Weighted(TINY, OPT)
     model.log = lambda *a, **k: None
@@ -62,20 +62,20 @@ def test_family_hooks_shape_the_training_loss(toy_shard):
 
 
 def test_one_channel_model_on_gray_data_and_clear_error_on_rgb(toy_shard):
-    dm = RestorationDataModule([str(toy_shard)], tasks=["ct_denoise"], patch_size=32,
+    dm = MultiTaskDataModule([str(toy_shard)], tasks=["ct_denoise"], patch_size=32,
                                batch_size=2, samples_per_epoch=2)
     batch = _batch(dm)
     assert batch["lq"].shape[1] == 1
     gray = RestorationModule({"name": "restormer_tiny", "in_channels": 1, "out_channels": 1}, OPT)
     assert gray.restore(batch)[0].shape == (2, 1, 32, 32)
-    rgb_batch = _batch(RestorationDataModule([str(toy_shard)], tasks=["natural_denoise"],
+    rgb_batch = _batch(MultiTaskDataModule([str(toy_shard)], tasks=["natural_denoise"],
                                              patch_size=32, batch_size=2, samples_per_epoch=2))
     with pytest.raises(Exception, match="in_channels=3"):
         gray.restore(rgb_batch)
 
 
 def test_predict_step_returns_native_channels(toy_shard):
-    dm = RestorationDataModule([str(toy_shard)])
+    dm = MultiTaskDataModule([str(toy_shard)])
     dm.setup("predict")
     model = RestorationModule(TINY, OPT)
     outs = [o for b in dm.predict_dataloader() for o in model.predict_step(b, 0)]
@@ -113,7 +113,7 @@ def test_warmup_cosine_schedule():
 
 
 def test_checkpoint_is_self_describing(tmp_path, toy_shard):
-    dm = RestorationDataModule([str(toy_shard)], patch_size=32, batch_size=6, samples_per_epoch=12)
+    dm = MultiTaskDataModule([str(toy_shard)], patch_size=32, batch_size=6, samples_per_epoch=12)
     model = RestorationModule(dict(TINY, dim=8), OPT)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path,

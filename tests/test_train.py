@@ -41,7 +41,7 @@ def test_train_fit_test_and_outputs(tmp_path, toy_shard):
     # evaluate the checkpoint: the net is rebuilt from the checkpoint, not the config
     from medrestore.cli.eval import evaluate
 
-    cfg3 = compose("eval", [f"data.shards=[{toy_shard}]", "model=restormer",
+    cfg3 = compose("eval", [f"data.sets=[{toy_shard}]", "model=restormer",
                             f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
                             "trainer.enable_progress_bar=false"], tmp_path / "eval")
     m3, objs3 = evaluate(cfg3)
@@ -56,7 +56,7 @@ def _cli(args, cwd: Path, env_extra=None):
 
 
 def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
-    out = _cli(["medrestore.cli.train", f"data.shards=[{tmp_path / 'missing.h5'}]",
+    out = _cli(["medrestore.cli.train", f"data.sets=[{tmp_path / 'missing.h5'}]",
                 f"paths.log_dir={tmp_path}/logs", "trainer.enable_progress_bar=false"], tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     err_lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]

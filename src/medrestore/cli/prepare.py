@@ -1,8 +1,12 @@
 """``medrestore-prepare``: build HDF5 pair shards from raw data.
 
     medrestore-prepare demo [--out data/demo/demo.h5] [--seed 0] [--overwrite]
+    medrestore-prepare DATASET --src DIR --out FILE.h5 [--overwrite] [--quiet] [--seed S]
+                               [--limit N] [dataset options]
 
-Converters for the papers' datasets are added as further sub-commands (data issue)."""
+DATASET is one of the converters in ``medrestore.datasets.converters`` (aapm_mayo, ixi, pet,
+div2k, df2k, rain100l, gopro, ucmerced, cuhk_cr1, rice1, paired_folder, clean_folder); each
+one's expected layout, split rule and normalisation are in docs/datasets.md and its --help."""
 
 from __future__ import annotations
 
@@ -50,7 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
+    _add_converters(sub)
     return p
+
+
+def _add_converters(sub) -> None:
+    from medrestore.datasets.converters import CONVERTERS, get_converter
+    from medrestore.datasets.converters.base import add_common_arguments
+
+    for name in CONVERTERS:
+        conv = get_converter(name)
+        c = sub.add_parser(name, help=conv.help, description=type(conv).__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_common_arguments(c)
+        conv.add_arguments(c)
+        c.set_defaults(func=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from medrestore.datasets.converters import get_converter
+    from medrestore.datasets.converters.base import format_summary, run_converter
+
+    summary = run_converter(get_converter(args.dataset), args)
+    print(format_summary(summary))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,94 +1,66 @@
 """The one DataModule every model family trains on.
 
-Samplers are owned here rather than injected by Lightning (trainer configs set
-``use_distributed_sampler: false``):
-
-* training: a virtual index space of ``samples_per_epoch`` per epoch; rank ``r`` of ``W`` takes
-  the contiguous block ``[r·N/W, (r+1)·N/W)`` offset by ``epoch·N``, so ranks never share a
-  crop, every epoch draws new crops, and consecutive indices cycle through the tasks
-  (task-balanced batches when the per-device batch is a multiple of the task count);
-* validation / test: each rank takes every W-th image **without padding**, so no image is
-  counted twice in the per-task means (metrics are summed across ranks, not averaged).
+``MultiTaskDataModule`` mixes any prepared shards ("sets", each optionally restricted to some
+tasks, with a repeat factor), trains on task-balanced, rank-disjoint batches of paired random
+crops (:mod:`medrestore.datasets.samplers`) and validates / tests on full images per task.
+It owns its samplers (trainer configs set ``use_distributed_sampler: false``).
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from medrestore.datasets.pairs import ShardPairs, TaskUniformPatches
+from medrestore.datasets.pairs import ShardPairs, TrainPatches, load_sets, normalise_sets
+from medrestore.datasets.samplers import BalancedBatchSampler, StridedEvalSampler, group_rows
 from medrestore.errors import ConfigError
 from medrestore.sample import collate_samples
 
 
-class EpochBlockSampler(Sampler[int]):
-    """Contiguous per-rank block of a virtual index space, offset by epoch."""
-
-    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
-        if length < world_size:
-            raise ConfigError(f"samples_per_epoch={length} is smaller than world size {world_size}")
-        self.length, self.rank, self.world_size, self.epoch = length, rank, world_size, 0
-        self.per_rank = length // world_size
-
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this before each epoch
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        start = self.epoch * self.length + self.rank * self.per_rank
-        return iter(range(start, start + self.per_rank))
-
-    def __len__(self) -> int:
-        return self.per_rank
-
-
-class StridedEvalSampler(Sampler[int]):
-    """Every ``world_size``-th index from ``rank``; uneven shards, no duplicates."""
-
-    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class RestorationDataModule(L.LightningDataModule):
-    """Prepared HDF5 shards -> task-balanced training patches and full-image val/test sets.
+class MultiTaskDataModule(L.LightningDataModule):
+    """Prepared HDF5 shards -> balanced training patches and full-image val/test sets.
 
     Args:
-        shards: prepared ``.h5`` files (``medrestore-prepare``).
-        tasks: task ids to use; ``None`` = every task found in the shards.
-        patch_size: square training crop (pixels).
-        batch_size: **global** training batch; divided by the world size (must divide evenly).
-        samples_per_epoch: training patches per epoch, over all ranks.
+        sets: shard path(s), or dicts ``{shard, tasks: null|[...], repeat: 1, name: null}``;
+            ``repeat`` is the per-dataset repeat factor (DATPRL: DF2K ×12, UCMerced ×22, …).
+        tasks: keep only these task ids (``None`` = every task in the sets).
+        patch_size: square training crop on the GT grid (a multiple of any stored SR scale).
+        batch_size: **global** training batch, divided by the world size (must divide evenly).
+        balance: ``equal`` (every group ``b // G`` per batch, remainders by ``weights``),
+            ``weighted`` (all slots by ``weights``) or ``none`` (concatenated pools).
+        group_by: balance over ``task`` ids or over ``set`` names.
+        weights: ``{group: w}`` (default 1 each).
+        samples_per_epoch: training patches per epoch over all ranks (``None``: the sum of
+            the repeated pools, like a BasicSR epoch over repeated datasets).
+        augment: random rot90 + flip of training patches.
+        upsample_lq: bring low-resolution SR inputs to the GT grid (scale-1 networks).
         val_batch_size / test_batch_size: full images of different sizes need 1.
-        augment: random rot90 / flips on training patches.
-        task_weights: ``{task: k}`` — a task appears ``k`` times per sampling cycle (default 1),
-            like the per-dataset repeat factors of the all-in-one recipes.
     """
 
-    def __init__(self, shards: Sequence[str] | str, tasks: Sequence[str] | None = None,
-                 patch_size: int = 128, batch_size: int = 8, samples_per_epoch: int = 1000,
-                 num_workers: int = 0, val_batch_size: int = 1, test_batch_size: int = 1,
-                 augment: bool = False, pin_memory: bool = False, seed: int = 0,
-                 val_split: str = "val", test_split: str = "test", predict_split: str = "test",
-                 task_weights: Mapping[str, int] | None = None) -> None:
+    def __init__(self, sets: Any, tasks: Sequence[str] | None = None, patch_size: int = 128,
+                 batch_size: int = 8, balance: str = "equal", group_by: str = "task",
+                 weights: Mapping[str, float] | None = None, samples_per_epoch: int | None = None,
+                 augment: bool = False, upsample_lq: bool = True, num_workers: int = 0,
+                 pin_memory: bool = False, val_batch_size: int = 1, test_batch_size: int = 1,
+                 seed: int = 0, val_split: str = "val", test_split: str = "test",
+                 predict_split: str = "test") -> None:
         super().__init__()
-        self.shards = [str(shards)] if isinstance(shards, (str, os.PathLike)) else [str(s) for s in shards]
+        self.sets = normalise_sets(sets, tasks)
         self.tasks = list(tasks) if tasks is not None else None
         self.patch_size, self.batch_size = int(patch_size), int(batch_size)
-        self.samples_per_epoch, self.num_workers = int(samples_per_epoch), int(num_workers)
+        self.balance, self.group_by = balance, group_by
+        self.weights = dict(weights) if weights else {}
+        self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
+        self.augment, self.upsample_lq = bool(augment), bool(upsample_lq)
+        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
         self.val_batch_size, self.test_batch_size = int(val_batch_size), int(test_batch_size)
-        self.augment, self.pin_memory, self.seed = augment, pin_memory, int(seed)
+        self.seed = int(seed)
         self.splits = {"val": val_split, "test": test_split, "predict": predict_split}
-        self.task_weights = dict(task_weights) if task_weights else None
         self.batch_size_per_device = self.batch_size
         self._sets: dict[str, Any] = {}
+        self._groups: tuple[list[str], list[list[int]]] | None = None
 
     # -- distributed context ---------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
@@ -104,39 +76,66 @@ class RestorationDataModule(L.LightningDataModule):
                              f"the world size {world}")
         self.batch_size_per_device = self.batch_size // world
         if stage in (None, "fit") and "train" not in self._sets:
-            self._sets["train"] = TaskUniformPatches(
-                self.shards, self.patch_size, self.samples_per_epoch, self.tasks,
-                augment=self.augment, seed=self.seed, task_weights=self.task_weights)
+            rows = load_sets(self.sets, ["train"])
+            if not rows:
+                raise ConfigError(f"no 'train' samples in {[s['shard'] for s in self.sets]}"
+                                 + (f" for tasks {self.tasks}" if self.tasks else ""))
+            names, pools = group_rows(rows, self.group_by)
+            unknown = sorted(set(self.weights) - set(names))
+            if unknown:
+                raise ConfigError(f"data.weights names {unknown}, which are not training "
+                                  f"{self.group_by}s here; {self.group_by}s present: {names}")
+            self._groups = (names, pools)
+            self._sets["train"] = TrainPatches(rows, self.patch_size, augment=self.augment,
+                                               seed=self.seed, upsample_lq=self.upsample_lq)
         for name, needed in (("val", stage in (None, "fit", "validate")),
                              ("test", stage in (None, "test")),
                              ("predict", stage in (None, "predict"))):
             if needed and name not in self._sets:
-                self._sets[name] = ShardPairs(self.shards, self.splits[name], self.tasks)
+                self._sets[name] = ShardPairs(self.sets, self.splits[name],
+                                              upsample_lq=self.upsample_lq)
 
     def dataset(self, name: str):
         if name not in self._sets:
             self.setup({"train": "fit", "val": "validate"}.get(name, name))
         return self._sets[name]
 
+    def group_names(self) -> list[str]:
+        self.dataset("train")
+        assert self._groups is not None
+        return self._groups[0]
+
+    def train_sampler(self, rank: int = 0, world_size: int = 1) -> BalancedBatchSampler:
+        """The training batch sampler of ``rank`` (also used by tests and benchmarks)."""
+        self.dataset("train")
+        assert self._groups is not None
+        names, pools = self._groups
+        b = self.batch_size // world_size
+        num_batches = None
+        if self.samples_per_epoch is not None:
+            num_batches = max(1, self.samples_per_epoch // self.batch_size)
+        return BalancedBatchSampler(pools, b, weights=[float(self.weights.get(n, 1.0)) for n in names],
+                                    balance=self.balance, num_batches=num_batches, rank=rank,
+                                    world_size=world_size, seed=self.seed)
+
     # -- loaders ---------------------------------------------------------------------------
-    def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                          num_workers=self.num_workers, collate_fn=collate_samples,
-                          pin_memory=self.pin_memory, drop_last=False,
-                          persistent_workers=self.num_workers > 0)
+    def _workers(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "collate_fn": collate_samples,
+                "pin_memory": self.pin_memory, "persistent_workers": self.num_workers > 0}
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        ds = self.dataset("train")
-        return self._loader(ds, EpochBlockSampler(len(ds), rank, world), self.batch_size_per_device)
+        return DataLoader(self.dataset("train"), batch_sampler=self.train_sampler(rank, world),
+                          **self._workers())
 
     def _eval_loader(self, name: str, batch_size: int) -> DataLoader:
         rank, world = self._rank_world()
         ds = self.dataset(name)
         if len(ds) == 0:
-            raise ConfigError(f"no '{self.splits[name]}' samples in {self.shards}"
+            raise ConfigError(f"no '{self.splits[name]}' samples in {[s['shard'] for s in self.sets]}"
                              + (f" for tasks {self.tasks}" if self.tasks else ""))
-        return self._loader(ds, StridedEvalSampler(len(ds), rank, world), batch_size)
+        return DataLoader(ds, batch_size=batch_size, sampler=StridedEvalSampler(len(ds), rank, world),
+                          drop_last=False, **self._workers())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val", self.val_batch_size)

@@ -1,21 +1,27 @@
 """Datasets over prepared HDF5 pair shards (:mod:`medrestore.io.hdf5`).
 
+* :func:`load_sets` — the manifest rows of a list of *sets* (a shard, optionally restricted to
+  some tasks, with a repeat factor), for one split.
 * :class:`ShardPairs` — every sample of the chosen split(s), full images (validation / test /
   predict), in manifest order.
-* :class:`TaskUniformPatches` — training patches. Index ``i`` belongs to task
-  ``cycle[i % len(cycle)]``, where the cycle lists every task once (or ``task_weights[t]``
-  times); the image and crop are drawn from ``np.random.default_rng((seed, i))``, so a batch of
-  consecutive indices is task-balanced, the stream is reproducible, and ranks that receive
-  disjoint index ranges never see the same crops.
+* :class:`TrainPatches` — training patches addressed by ``(row, draw)`` pairs that a batch
+  sampler (:mod:`medrestore.datasets.samplers`) hands out; the crop, the augmentation and any
+  on-the-fly degradation come from ``np.random.default_rng((seed, draw))``, so a stream of
+  draws is reproducible in any worker and on any rank.
 
-Both store only paths and the manifest; HDF5 files are opened lazily in the process that
+Reads turn stored arrays into the sample contract: physical storage is normalised with the
+sample's window, a low-resolution ``lq`` (``scale > 1``) is brought to the GT grid with
+MATLAB-compatible bicubic (networks are scale-1), and a clean-only sample is degraded with its
+named simulator. Crops are scale-aware: the GT window is aligned to the scale and the matching
+LR window is read, so no pixel is resampled twice.
+
+Datasets store only paths and manifest rows; HDF5 files are opened lazily in the process that
 reads them (keyed by pid, so a forked DataLoader worker never reuses its parent's handle).
 """
 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -23,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medrestore.errors import ConfigError
-from medrestore.io.hdf5 import read_manifest, read_pair
+from medrestore.io.hdf5 import read_manifest, read_pair, to_unit
 from medrestore.registry import get_task
 from medrestore.sample import make_sample
 
@@ -50,30 +56,131 @@ class _ShardReader:
         return {"shards": self.shards, "_pid": None, "_files": {}}
 
 
-def _load_index(shards: Sequence[str | os.PathLike], splits: Sequence[str],
-                tasks: Sequence[str] | None) -> list[dict[str, Any]]:
-    if isinstance(shards, (str, os.PathLike)):
-        shards = [shards]
-    if not shards:
-        raise ConfigError("data.shards is empty: give at least one prepared .h5 shard")
+# ------------------------------------------------------------------------------------ sets
+def normalise_sets(sets: Any, tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Accept a shard path, a list of paths, or a list of set dicts
+    ``{shard, tasks: null|[...], repeat: 1, name: null}``; return complete set dicts.
+
+    ``tasks`` (global) keeps only those tasks in every set."""
+    if isinstance(sets, (str, os.PathLike)):
+        sets = [sets]
+    if sets is None or len(sets) == 0:
+        raise ConfigError("data.sets is empty: give at least one prepared .h5 shard")
     if tasks is not None:
         for t in tasks:
             get_task(t)  # unknown ids fail with the list of known ones
-    rows = []
-    for shard in shards:
-        for row in read_manifest(shard):
-            if row["split"] in splits and (tasks is None or row["task"] in tasks):
-                rows.append({**row, "shard": str(shard)})
+    out = []
+    for i, s in enumerate(sets):
+        if isinstance(s, (str, os.PathLike)):
+            s = {"shard": s}
+        if not isinstance(s, Mapping) or "shard" not in s:
+            raise ConfigError(f"data.sets[{i}] must be a shard path or a dict with 'shard', got {s!r}")
+        unknown = sorted(set(s) - {"shard", "tasks", "repeat", "name"})
+        if unknown:
+            raise ConfigError(f"data.sets[{i}] has unknown key(s) {unknown}; "
+                              "allowed: shard, tasks, repeat, name")
+        set_tasks = None if s.get("tasks") is None else [str(t) for t in s["tasks"]]
+        for t in set_tasks or []:
+            get_task(t)
+        if tasks is not None:
+            set_tasks = [t for t in (set_tasks or tasks) if t in tasks]
+        repeat = s.get("repeat", 1)
+        if int(repeat) != repeat or repeat < 1:
+            raise ConfigError(f"data.sets[{i}].repeat={repeat}; expected a positive integer "
+                              "(how many times each image appears per epoch)")
+        name = s.get("name") or (os.path.splitext(os.path.basename(str(s["shard"])))[0]
+                                 + (f"[{','.join(set_tasks)}]" if s.get("tasks") else ""))
+        out.append({"shard": str(s["shard"]), "tasks": set_tasks, "repeat": int(repeat),
+                    "name": str(name)})
+    names = [s["name"] for s in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"data.sets names must be unique, got {dup} twice; give each a 'name'")
+    return out
+
+
+def load_sets(sets: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> list[dict[str, Any]]:
+    """Manifest rows of the sets for ``splits``, each with ``shard``, ``set`` (its name) and
+    ``repeat`` added. A task present in two sets appears once per set."""
+    rows, seen = [], set()
+    for s in sets:
+        for row in read_manifest(s["shard"]):
+            if row["split"] in splits and (s["tasks"] is None or row["task"] in s["tasks"]):
+                uid = (s["shard"], row["id"])
+                if uid in seen:  # the same shard listed twice with overlapping tasks
+                    raise ConfigError(f"sample {row['id']} of {s['shard']} is selected by two "
+                                      "data.sets entries; give them disjoint 'tasks'")
+                seen.add(uid)
+                rows.append({**row, "shard": s["shard"], "set": s["name"], "repeat": s["repeat"]})
     return rows
 
 
-class ShardPairs(Dataset):
-    """Full-image samples of one or more splits."""
+# ------------------------------------------------------------------------------------ reads
+def _upsample(lq: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Low-resolution ``C×h×w`` in [0, 1] -> ``C×H×W`` with MATLAB-compatible bicubic."""
+    from medrestore.degradations.resize import imresize
 
-    def __init__(self, shards: Sequence[str | os.PathLike], split: str | Sequence[str] = "val",
-                 tasks: Sequence[str] | None = None) -> None:
+    up = imresize(lq, output_shape=shape, layout="chw")
+    return np.clip(up, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _simulate(gt_stored: np.ndarray, attrs: Mapping[str, Any], rng: np.random.Generator,
+              key: str) -> np.ndarray:
+    """Degrade a clean-only crop with the simulator named in its meta -> lq in [0, 1]."""
+    from medrestore.degradations.simulators import simulate
+    from medrestore.sample import Normalisation
+
+    meta = attrs["meta"]
+    sim = meta["simulator"]
+    norm = Normalisation.from_dict(meta["normalisation"])
+    phys = gt_stored.astype(np.float32) if attrs["storage"] == "physical" else \
+        norm.denormalise(gt_stored.astype(np.float32))
+    lq = simulate(sim["name"], phys, rng=rng, normalisation=norm, spacing=meta.get("spacing"),
+                  **dict(sim.get("params") or {}))
+    return norm.normalise(np.asarray(lq, dtype=np.float32)).astype(np.float32)
+
+
+def pair_to_unit(lq: np.ndarray | None, gt: np.ndarray, attrs: Mapping[str, Any],
+                 rng: np.random.Generator | None = None, upsample_lq: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Stored ``(lq, gt)`` -> float32 ``[0, 1]`` arrays on the GT grid (see module docstring)."""
+    storage, meta = attrs["storage"], attrs["meta"]
+    gt_u = to_unit(gt, storage, meta)
+    if lq is None:
+        if rng is None:
+            raise ConfigError(f"{attrs['key']}: clean-only sample read without a random stream")
+        return _simulate(gt, attrs, rng, attrs["key"]), gt_u
+    lq_u = to_unit(lq, storage, meta)
+    if lq_u.shape != gt_u.shape and upsample_lq:
+        lq_u = _upsample(lq_u, gt_u.shape[-2:])
+    return lq_u, gt_u
+
+
+def _sample_meta(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    meta = dict(attrs["meta"])
+    meta.setdefault("split", attrs["split"])
+    if attrs["scale"] > 1:
+        meta["scale"] = attrs["scale"]
+    return meta
+
+
+class ShardPairs(Dataset):
+    """Full-image samples of one or more splits (validation, test, predict).
+
+    ``sets`` as in :func:`normalise_sets`. With ``upsample_lq=False`` an SR sample keeps its
+    low-resolution ``lq`` (for networks with their own up-sampler); such samples do not fit the
+    scale-1 sample contract and are returned as plain dicts of arrays."""
+
+    def __init__(self, sets: Any, split: str | Sequence[str] = "val",
+                 tasks: Sequence[str] | None = None, upsample_lq: bool = True) -> None:
         splits = [split] if isinstance(split, str) else list(split)
-        self.rows = _load_index(shards, splits, tasks)
+        self.sets = normalise_sets(sets, tasks)
+        self.rows = load_sets(self.sets, splits)
+        clean_only = [r["id"] for r in self.rows if r["lq_shape"] is None]
+        if clean_only:
+            raise ConfigError(f"{len(clean_only)} clean-only sample(s) (e.g. {clean_only[0]}) in "
+                              f"split {splits}: evaluation needs fixed, written lq images")
+        self.upsample_lq = upsample_lq
         self.reader = _ShardReader(sorted({r["shard"] for r in self.rows}))
 
     def __len__(self) -> int:
@@ -85,65 +192,66 @@ class ShardPairs(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
         lq, gt, attrs = read_pair(self.reader.file(row["shard"]), row["id"])
-        return make_sample(lq, gt, attrs["task"], attrs["key"], attrs["meta"])
+        lq_u, gt_u = pair_to_unit(lq, gt, attrs, upsample_lq=self.upsample_lq)
+        meta = _sample_meta(attrs)
+        if lq_u.shape[-2:] != gt_u.shape[-2:]:
+            return {"lq": lq_u, "gt": gt_u, "task": attrs["task"], "key": attrs["key"], "meta": meta}
+        return make_sample(lq_u, gt_u, attrs["task"], attrs["key"], meta)
 
 
-class TaskUniformPatches(Dataset):
-    """Random paired crops with tasks drawn uniformly (see module docstring)."""
+class TrainPatches(Dataset):
+    """Paired random crops of the training rows, addressed by ``(row_index, draw)``.
 
-    def __init__(self, shards: Sequence[str | os.PathLike], patch_size: int,
-                 length: int, tasks: Sequence[str] | None = None, split: str = "train",
-                 augment: bool = False, seed: int = 0,
-                 task_weights: Mapping[str, int] | None = None) -> None:
-        self.rows = _load_index(shards, [split], tasks)
-        if not self.rows:
-            raise ConfigError(f"no '{split}' samples in {list(shards)}"
-                             + (f" for tasks {list(tasks)}" if tasks else ""))
-        by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in self.rows:
-            by_task[r["task"]].append(r)
-        self.tasks = sorted(by_task)
-        self.by_task = [by_task[t] for t in self.tasks]
-        weights = dict(task_weights or {})
-        unknown = sorted(set(weights) - set(self.tasks))
-        if unknown:
-            raise ConfigError(f"data.task_weights names task(s) {unknown} that have no '{split}' "
-                              f"samples; tasks present: {self.tasks}")
-        for t, w in weights.items():
-            if int(w) != w or w < 1:
-                raise ConfigError(f"data.task_weights.{t}={w}; expected a positive integer "
-                                  "(how many times the task appears per sampling cycle)")
-        # interleaved cycle (a b c a b c b ...) so weighted tasks spread over the batch
-        counts = [int(weights.get(t, 1)) for t in self.tasks]
-        self.cycle = [k for r in range(max(counts)) for k, c in enumerate(counts) if c > r]
-        self.patch_size = int(patch_size)
-        self.length = int(length)
-        self.augment = augment
-        self.seed = int(seed)
+    ``patch_size`` is on the GT grid and must be a multiple of every stored scale. Images
+    smaller than the patch are reflect-padded (both alike). ``augment`` adds a random rot90 and
+    horizontal flip (the BasicSR/DATPRL augmentation)."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]], patch_size: int, augment: bool = False,
+                 seed: int = 0, upsample_lq: bool = True) -> None:
+        self.rows = list(rows)
+        self.patch_size, self.augment, self.seed = int(patch_size), augment, int(seed)
+        self.upsample_lq = upsample_lq
+        bad = sorted({r["scale"] for r in self.rows if self.patch_size % r["scale"]})
+        if bad:
+            raise ConfigError(f"data.patch_size={self.patch_size} is not a multiple of the stored "
+                              f"SR scale(s) {bad}; scale-aware crops need whole LR pixels")
         self.reader = _ShardReader(sorted({r["shard"] for r in self.rows}))
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        # ``i`` may exceed len(self): the sampler offsets indices by epoch (see datamodule).
-        rng = np.random.default_rng((self.seed, int(i)))
-        rows = self.by_task[self.cycle[int(i) % len(self.cycle)]]
-        row = rows[int(rng.integers(len(rows)))]
+    def __getitem__(self, item) -> dict[str, Any]:
+        row_idx, draw = item if isinstance(item, tuple) else (int(item), int(item))
+        row = self.rows[int(row_idx)]
+        rng = np.random.default_rng((self.seed, int(draw)))
+        s = int(row["scale"])
         _, h, w = row["shape"]
         p = self.patch_size
-        ph, pw = min(p, h), min(p, w)
-        top, left = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
+        ph, pw = min(p, h - h % s), min(p, w - w % s)
+        top = int(rng.integers((h - ph) // s + 1)) * s
+        left = int(rng.integers((w - pw) // s + 1)) * s
         lq, gt, attrs = read_pair(self.reader.file(row["shard"]), row["id"], (top, left, ph, pw))
+        lq_u, gt_u = pair_to_unit(lq, gt, attrs, rng=rng, upsample_lq=self.upsample_lq)
         if (ph, pw) != (p, p):  # image smaller than the patch: reflect-pad both alike
-            pad = ((0, 0), (0, p - ph), (0, p - pw))
-            lq, gt = np.pad(lq, pad, mode="reflect"), np.pad(gt, pad, mode="reflect")
+            lq_u, gt_u = _pad_to(lq_u, gt_u, p, s)
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            lq, gt = (_rot_flip(a, k, flip) for a in (lq, gt))
-        return make_sample(torch.from_numpy(np.ascontiguousarray(lq)),
-                           torch.from_numpy(np.ascontiguousarray(gt)),
-                           attrs["task"], attrs["key"], attrs["meta"])
+            lq_u, gt_u = (_rot_flip(a, k, flip) for a in (lq_u, gt_u))
+        meta = _sample_meta(attrs)
+        lq_t = torch.from_numpy(np.ascontiguousarray(lq_u))
+        gt_t = torch.from_numpy(np.ascontiguousarray(gt_u))
+        if lq_t.shape[-2:] != gt_t.shape[-2:]:
+            return {"lq": lq_t, "gt": gt_t, "task": attrs["task"], "key": attrs["key"], "meta": meta}
+        return make_sample(lq_t, gt_t, attrs["task"], attrs["key"], meta)
+
+
+def _pad_to(lq: np.ndarray, gt: np.ndarray, p: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reflect-pad a crop of a small image up to the patch (a still low-resolution lq to p/s)."""
+    def pad(a: np.ndarray, size: int) -> np.ndarray:
+        return np.pad(a, ((0, 0), (0, size - a.shape[1]), (0, size - a.shape[2])), mode="reflect")
+
+    lq_size = p if lq.shape[-2:] == gt.shape[-2:] else p // s
+    return pad(lq, lq_size), pad(gt, p)
 
 
 def _rot_flip(a: np.ndarray, k: int, flip: bool) -> np.ndarray:

@@ -4,20 +4,31 @@ Every random operator takes an explicit ``rng`` (a :class:`numpy.random.Generato
 :func:`medrestore.degradations.rng.keyed_rng` so that one image key and one seed always give
 the same degraded image.
 
+**Start with** :mod:`~medrestore.degradations.simulators`: ``simulate(name, gt, rng=...,
+normalisation=..., spacing=..., **params)`` degrades a clean image given in physical units
+and returns the result in the same units and shape; ``SIMULATORS`` names every degradation
+(``ct_low_dose``, ``mri_kspace``, ``mri_bicubic``, ``pet_low_count``, ``bicubic``,
+``rs_bicubic``, ``gaussian_noise``, ``rain``, ``motion_blur``, ``haze``, ``cloud``) and
+``default_simulator(task)`` picks one per task. ``docs/degradations.md`` documents each model.
+
 Modules (import the one you need; nothing heavy is imported here):
 
 - :mod:`~medrestore.degradations.rng` -- ``keyed_rng(key, seed)``: reproducible per-image RNG.
+- :mod:`~medrestore.degradations.simulators` -- the named, seeded interface above.
+- :mod:`~medrestore.degradations.resize` -- ``imresize`` (MATLAB-compatible bicubic resize,
+  anti-aliased when shrinking) and ``bicubic_sr`` (the bicubic SR degradation, re-upsampled).
 - :mod:`~medrestore.degradations.ct` -- ``low_dose_ct`` (HU -> attenuation, parallel-beam
   projection, Poisson photon counts at reduced dose, ramp-filtered back-projection -> HU),
   ``fbp_roundtrip`` (the same pipeline without noise).
 - :mod:`~medrestore.degradations.mri` -- ``kspace_truncate`` (central k-space crop, zero-fill,
-  magnitude), ``rician_noise``.
+  magnitude), ``downsample`` (k-space or bicubic, optional Rician noise), ``rician_noise``.
 - :mod:`~medrestore.degradations.pet` -- ``low_count_pet`` (Poisson thinning of emission counts).
-- :mod:`~medrestore.degradations.natural` -- ``bicubic_down_up``, ``gaussian_noise``,
-  ``rain_streaks``, ``motion_blur``, ``haze``.
-- :mod:`~medrestore.degradations.remote_sensing` -- ``cloud_overlay`` (thin clouds from a real
-  cloud mask), ``landsat_qa_cloud_mask``, ``haze`` (re-exported from ``natural``).
+- :mod:`~medrestore.degradations.natural` -- ``bicubic_down_up`` (torch bicubic, used by the
+  demo data), ``gaussian_noise``, ``rain_streaks``, ``motion_blur``, ``haze``.
+- :mod:`~medrestore.degradations.remote_sensing` -- ``cloud_overlay`` (thin clouds over a cloud
+  mask or opacity map), ``fractal_field`` / ``fractal_cloud`` (power-law synthetic clouds at a
+  requested cover), ``landsat_qa_cloud_mask``, ``haze`` (re-exported from ``natural``).
 
-These are first versions: each function's docstring states its physical model and where it
-simplifies (e.g. parallel-beam CT geometry, image-domain PET noise).
+Each function's docstring states its physical model and where it simplifies (e.g.
+parallel-beam CT geometry, image-domain PET noise, single-layer clouds).
 """

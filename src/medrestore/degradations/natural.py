@@ -8,7 +8,8 @@ output has the input's layout. All functions return float32.
   bicubic up-sampling back to the input size (our networks are scale-1, so the LQ input lives on
   the HR grid). Implemented with :func:`torch.nn.functional.interpolate` (Keys cubic, a=-0.75,
   with anti-aliasing when down-sampling); close to, but **not** bit-exact with, MATLAB's
-  ``imresize`` used by the SR benchmarks.
+  ``imresize`` used by the SR benchmarks. The demo data is built with it; for the MATLAB
+  protocol use :func:`medrestore.degradations.resize.bicubic_sr`.
 - :func:`gaussian_noise`: additive white Gaussian noise, sigma on the 0-255 scale.
 - :func:`rain_streaks`: synthetic rain (sparse seeds motion-blurred along one direction, added
   with a screen blend), in the spirit of Rain100L's light rain.
@@ -87,10 +88,10 @@ def line_kernel(length: float, angle_deg: float, size: int | None = None) -> np.
     return k / k.sum()
 
 
-def _convolve_channels(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+def _convolve_channels(x: np.ndarray, kernel: np.ndarray, mode: str = "reflect") -> np.ndarray:
     from scipy.ndimage import convolve
 
-    return np.stack([convolve(x[..., ch], kernel, mode="reflect") for ch in range(x.shape[-1])], -1)
+    return np.stack([convolve(x[..., ch], kernel, mode=mode) for ch in range(x.shape[-1])], -1)
 
 
 def bicubic_down_up(img: np.ndarray, scale: float, *, clip: bool = True,
@@ -171,18 +172,29 @@ def rain_streaks(img: np.ndarray, rng: np.random.Generator, density: float | Non
     return (out, layer.astype(np.float32)) if return_layer else out
 
 
+#: scipy.ndimage boundary modes accepted by :func:`motion_blur`
+BLUR_BOUNDARIES = ("reflect", "wrap", "nearest", "mirror")
+
+
 def motion_blur(img: np.ndarray, rng: np.random.Generator | None = None,
                 length: float | None = None, angle: float | None = None, *,
-                layout: str | None = None) -> np.ndarray:
+                layout: str | None = None, boundary: str = "reflect") -> np.ndarray:
     """Uniform linear motion blur: convolution with a ``length``-px line at ``angle`` degrees
-    (from vertical), reflect padding at the borders. ``None`` parameters are drawn from
-    ``rng`` (length 5-15 px, angle 0-180 degrees)."""
+    (from vertical). ``None`` parameters are drawn from ``rng`` (length 5-15 px, angle 0-180
+    degrees).
+
+    The kernel sums to 1, so no light is gained or lost. ``boundary`` says what lies outside
+    the frame (a scipy.ndimage mode): ``"reflect"`` (default) mirrors the image, a
+    simplification of the unseen scene a real exposure would smear in; ``"wrap"`` treats the
+    image as periodic, for which the mean is preserved exactly."""
     if (length is None or angle is None) and rng is None:
         raise ValueError("motion_blur needs rng when length or angle is not given")
+    if boundary not in BLUR_BOUNDARIES:
+        raise ValueError(f"motion_blur boundary must be one of {BLUR_BOUNDARIES}, got {boundary!r}")
     length = float(rng.uniform(5.0, 15.0) if length is None else length)
     angle = float(rng.uniform(0.0, 180.0) if angle is None else angle)
     x, lay = to_hwc(img, layout)
-    return from_hwc(_convolve_channels(x, line_kernel(length, angle)), lay)
+    return from_hwc(_convolve_channels(x, line_kernel(length, angle), boundary), lay)
 
 
 def haze(img: np.ndarray, transmission: float | np.ndarray | None = None, beta: float = 1.0,

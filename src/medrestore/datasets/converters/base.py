@@ -1,0 +1,555 @@
+"""Shared machinery of the dataset converters: discovery, pairing, splits, writing, summary.
+
+A converter works in two phases:
+
+1. :meth:`Converter.discover` walks the source tree, checks its layout, pairs files and assigns
+   every **unit** (patient, subject, sequence or image) to one split. It reads headers at most,
+   never pixels, so a wrong ``--src`` or a broken layout fails in a second, before slow work.
+2. :meth:`Converter.convert` reads one unit's pixels and yields its samples (slices of a volume,
+   one image pair, …) as :class:`Record` objects. A record never chooses its split: it inherits
+   its unit's, so slices or crops of one patient can never land in two splits.
+
+:func:`run_converter` drives both: it refuses an existing ``--out`` first, applies ``--limit``
+(the first N units of each split), writes every record with
+:class:`~medrestore.io.hdf5.PairWriter` in **physical** storage (the source's own units and
+dtype; normalised at read time with ``meta["normalisation"]``), shows a tqdm bar on stderr and
+returns the counts per task and split.
+
+Conventions used by all converters:
+
+* keys are ``"<dataset>/<unit>[/<slice or frame>]"`` and identify the *clean* image;
+* ``source`` (writer argument) is the GT file relative to ``--src``; ``meta["source"]`` holds
+  both files (``{"lq": ..., "gt": ...}``);
+* seeded choices (split permutations, held-out units) use
+  :func:`medrestore.degradations.rng.keyed_rng` with a fixed salt per dataset, so they depend
+  only on the ids present and ``--seed``, never on file-system order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from medrestore.errors import MedrestoreError
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".jp2", ".j2k", ".webp")
+NIFTI_EXTS = (".nii", ".nii.gz")
+DICOM_EXTS = (".dcm", ".ima", ".dicom")
+
+
+class ConvertError(MedrestoreError, ValueError):
+    """A source tree that does not have the expected layout, or a bad converter option."""
+
+
+# --------------------------------------------------------------------------------------------
+# data classes
+
+
+@dataclass
+class Item:
+    """One split unit (patient, subject, sequence or image) and what is needed to convert it."""
+
+    unit: str
+    split: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Record:
+    """One sample to write. ``lq`` is ``None`` only for clean-only (simulate-on-load) samples."""
+
+    task: str
+    key: str
+    gt: np.ndarray
+    lq: np.ndarray | None
+    meta: dict[str, Any]
+    source: str = ""
+    scale: int = 1
+
+
+class Converter:
+    """Base class: a sub-command ``medrestore-prepare <name>``.
+
+    Subclasses set ``name``/``help``/``unit``, add their options in :meth:`add_arguments` and
+    implement :meth:`discover` and :meth:`convert` (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    unit: ClassVar[str] = "image"          # what one progress-bar step is
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        """Dataset-specific options (the common ones are added by :func:`add_common_arguments`)."""
+
+    def discover(self, args: argparse.Namespace) -> list[Item]:
+        raise NotImplementedError
+
+    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
+        raise NotImplementedError
+
+    def notes(self, args: argparse.Namespace) -> list[str]:
+        """Lines printed after the summary (e.g. which LR source was used)."""
+        return []
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--src", type=Path, required=True, metavar="DIR",
+                   help="root folder of the dataset as downloaded (see docs/datasets.md)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.h5", help="output shard")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of split permutations and simulated degradations (default 0)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="keep only the first N units (patients/subjects/sequences/images) of "
+                        "each split: a quick dry run")
+
+
+# --------------------------------------------------------------------------------------------
+# running
+
+
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    # checked before any slow work, so a mistyped path costs nothing and loses nothing
+    from medrestore.io.hdf5 import ShardError
+
+    if out.exists() and not overwrite:
+        raise ShardError(f"{out}: already exists; pass --overwrite to replace it")
+
+
+def run_converter(conv: Converter, args: argparse.Namespace) -> dict[str, Any]:
+    """Discover, split, convert and write; returns ``{path, counts, units, samples, seconds}``."""
+    out = Path(args.out)
+    refuse_existing(out, bool(args.overwrite))
+    src = Path(args.src)
+    if not src.is_dir():
+        raise ConvertError(f"--src {src}: no such folder")
+    if args.seed < 0:
+        raise ConvertError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.limit is not None and args.limit < 1:
+        raise ConvertError(f"--limit must be >= 1, got {args.limit}")
+    t0 = time.perf_counter()
+    items = conv.discover(args)
+    check_units(items, conv.name)
+    items = limit_items(items, args.limit)
+    if not items:
+        raise ConvertError(f"{conv.name}: nothing to convert under {src}")
+
+    from medrestore.io.hdf5 import PairWriter
+
+    attrs = {"dataset": conv.name, "source_root": str(src.resolve()), "seed": int(args.seed),
+             "args": _args_dict(args)}
+    counts: dict[str, dict[str, int]] = {}
+    units: dict[str, int] = {s: 0 for s in SPLITS}
+    key_unit: dict[str, str] = {}
+    from tqdm import tqdm
+
+    bar = tqdm(items, desc=conv.name, unit=conv.unit, disable=bool(args.quiet), file=sys.stderr,
+               dynamic_ncols=True)
+    n = 0
+    try:
+        with PairWriter(out, overwrite=bool(args.overwrite), attrs=attrs) as w:
+            for item in bar:
+                units[item.split] += 1
+                for rec in conv.convert(item, args):
+                    owner = key_unit.setdefault(rec.key, item.unit)
+                    if owner != item.unit:   # a key names one clean image of one unit
+                        raise ConvertError(f"{conv.name}: key {rec.key!r} produced by units "
+                                           f"{owner!r} and {item.unit!r}")
+                    meta = jsonable({**rec.meta, "dataset": conv.name, "split": item.split})
+                    w.add(rec.lq, rec.gt, task=rec.task, key=rec.key, split=item.split, meta=meta,
+                          source=rec.source, scale=rec.scale, storage="physical")
+                    counts.setdefault(rec.task, {s: 0 for s in SPLITS})[item.split] += 1
+                    n += 1
+                    bar.set_postfix(samples=n, refresh=False)
+            if n == 0:
+                raise ConvertError(f"{conv.name}: no samples were produced from {src} "
+                                   "(every slice/image was skipped)")
+    finally:
+        bar.close()
+    return {"path": str(out), "counts": counts, "units": units, "samples": n,
+            "seconds": round(time.perf_counter() - t0, 2), "notes": conv.notes(args)}
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """Plain-text summary: samples per task and split, units per split, seconds."""
+    lines = [f"wrote {summary['path']}: {summary['samples']} samples in "
+             f"{summary['seconds']:.1f} s"]
+    lines.append(f"  {'task':<16}" + "".join(f"{s:>8}" for s in SPLITS))
+    for task, per in summary["counts"].items():
+        lines.append(f"  {task:<16}" + "".join(f"{per.get(s, 0):>8}" for s in SPLITS))
+    u = summary.get("units", {})
+    lines.append(f"  {'(units)':<16}" + "".join(f"{u.get(s, 0):>8}" for s in SPLITS))
+    lines.extend(f"  note: {n}" for n in summary.get("notes", []))
+    return "\n".join(lines)
+
+
+def check_units(items: Sequence[Item], name: str) -> None:
+    """Every unit appears once, in one split (splits are by unit, never by slice)."""
+    seen: dict[str, str] = {}
+    for it in items:
+        if it.split not in SPLITS:
+            raise ConvertError(f"{name}: unit {it.unit!r} has split {it.split!r}")
+        if it.unit in seen:
+            raise ConvertError(f"{name}: unit {it.unit!r} listed twice (splits {seen[it.unit]} "
+                               f"and {it.split})")
+        seen[it.unit] = it.split
+
+
+def limit_items(items: Sequence[Item], limit: int | None) -> list[Item]:
+    """The first ``limit`` units of each split (in discovery order), or all."""
+    if limit is None:
+        return list(items)
+    taken = {s: 0 for s in SPLITS}
+    out = []
+    for it in items:
+        if taken[it.split] < limit:
+            taken[it.split] += 1
+            out.append(it)
+    return out
+
+
+def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in ("func",) and not callable(v)}
+
+
+def jsonable(x: Any) -> Any:
+    """Meta values as plain JSON types (numpy scalars/arrays, paths, tuples)."""
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return x.as_posix()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def natural_key(s: str) -> tuple:
+    """Sort key where digit runs compare as numbers (``rain-2`` before ``rain-10``)."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t.lower())
+                 for t in re.split(r"(\d+)", s) if t)
+
+
+def suffix_of(p: Path | str) -> str:
+    """Lower-case extension, ``.nii.gz`` counted as one."""
+    name = Path(p).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def file_stem(p: Path | str) -> str:
+    name = Path(p).name
+    return name[:-7] if name.lower().endswith(".nii.gz") else Path(name).stem
+
+
+def relpath(p: Path, root: Path) -> str:
+    try:
+        return Path(p).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return Path(p).as_posix()
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise ConvertError(f"{what}: folder {path} not found")
+    return path
+
+
+def child(base: Path, names: Sequence[str]) -> Path | None:
+    """The first sub-folder of ``base`` whose name matches one of ``names`` (case-insensitive)."""
+    if not base.is_dir():
+        return None
+    by_lower = {p.name.lower(): p for p in base.iterdir() if p.is_dir()}
+    for n in names:
+        if n.lower() in by_lower:
+            return by_lower[n.lower()]
+    return None
+
+
+def list_files(folder: Path, exts: Sequence[str] = IMAGE_EXTS, *, recursive: bool = False
+               ) -> list[Path]:
+    """Files of ``folder`` with one of ``exts`` (hidden files skipped), in natural order."""
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    files = [p for p in it if p.is_file() and not p.name.startswith(".")
+             and suffix_of(p) in exts]
+    return sorted(files, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
+
+
+def index_files(files: Iterable[Path], id_of: Callable[[Path], str | None], where: str
+                ) -> dict[str, Path]:
+    """``{id: file}``; files whose id is ``None`` are ignored, duplicated ids are an error."""
+    out: dict[str, Path] = {}
+    for f in files:
+        i = id_of(f)
+        if i is None:
+            continue
+        if i in out:
+            raise ConvertError(f"{where}: {out[i].name} and {f.name} both map to id {i!r}")
+        out[i] = f
+    return out
+
+
+def pair_up(lq: Mapping[str, Path], gt: Mapping[str, Path], where: str,
+            lq_name: str = "lq", gt_name: str = "gt") -> list[tuple[str, Path, Path]]:
+    """Join two ``{id: file}`` maps; every file must have a partner (the error lists the rest)."""
+    only_lq = sorted(set(lq) - set(gt), key=natural_key)
+    only_gt = sorted(set(gt) - set(lq), key=natural_key)
+    if only_lq or only_gt:
+        parts = []
+        if only_lq:
+            parts.append(f"{len(only_lq)} {lq_name} file(s) without {gt_name}: "
+                         + _few([lq[i].name for i in only_lq]))
+        if only_gt:
+            parts.append(f"{len(only_gt)} {gt_name} file(s) without {lq_name}: "
+                         + _few([gt[i].name for i in only_gt]))
+        raise ConvertError(f"{where}: unmatched pairs; " + "; ".join(parts))
+    return [(i, lq[i], gt[i]) for i in sorted(lq, key=natural_key)]
+
+
+def _few(names: Sequence[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f", … (+{len(names) - n})" if len(names) > n else "")
+
+
+# --------------------------------------------------------------------------------------------
+# splits
+
+
+def seeded_order(units: Sequence[str], seed: int, salt: str) -> list[str]:
+    """A permutation of ``units`` that depends only on the set of ids, ``seed`` and ``salt``."""
+    from medrestore.degradations.rng import keyed_rng
+
+    base = sorted(set(units), key=natural_key)
+    perm = keyed_rng(f"split:{salt}", seed).permutation(len(base))
+    return [base[i] for i in perm]
+
+
+def split_by_fractions(units: Sequence[str], fractions: Sequence[float], seed: int, salt: str
+                       ) -> dict[str, str]:
+    """Assign units to train/val/test by a seeded permutation.
+
+    ``fractions`` = (train, val, test), normalised to sum 1. val and test get
+    ``round(n · fraction)`` units (at least one each when their fraction is positive and there
+    are at least three units), train the rest; train must keep at least one unit."""
+    fr = parse_fractions(fractions)
+    order = seeded_order(units, seed, salt)
+    n = len(order)
+    counts = []
+    for f in fr[1:]:
+        k = int(round(n * f))
+        if f > 0 and k == 0 and n >= 3:
+            k = 1
+        counts.append(k)
+    n_val, n_test = counts
+    if n and n - n_val - n_test < 1:
+        raise ConvertError(f"{salt}: split fractions {list(fr)} leave no training unit out of {n}")
+    out = {u: "test" for u in order[:n_test]}
+    out.update({u: "val" for u in order[n_test:n_test + n_val]})
+    out.update({u: "train" for u in order[n_test + n_val:]})
+    return out
+
+
+def holdout(units: Sequence[str], count: int, seed: int, salt: str, option: str) -> set[str]:
+    """``count`` units chosen by a seeded permutation (e.g. a validation set out of train)."""
+    if count < 0:
+        raise ConvertError(f"{option} must be >= 0, got {count}")
+    if count and count >= len(set(units)):
+        raise ConvertError(f"{option} {count} leaves no training unit (only {len(set(units))} "
+                           "available)")
+    return set(seeded_order(units, seed, salt)[:count])
+
+
+def parse_fractions(values: Sequence[float] | None, option: str = "--split-fractions"
+                    ) -> tuple[float, float, float]:
+    if values is None or len(values) != 3:
+        raise ConvertError(f"{option} needs three numbers TRAIN VAL TEST, got {values}")
+    v = [float(x) for x in values]
+    if any(x < 0 or not math.isfinite(x) for x in v) or sum(v) <= 0 or v[0] <= 0:
+        raise ConvertError(f"{option} must be non-negative with a positive train share, got {v}")
+    s = sum(v)
+    return (v[0] / s, v[1] / s, v[2] / s)
+
+
+def parse_ids(values: Sequence[str] | None) -> list[str]:
+    """Ids from repeated / comma-separated option values (``--test-patients L506,L333``)."""
+    out: list[str] = []
+    for v in values or []:
+        out.extend(t for t in re.split(r"[,\s]+", str(v).strip()) if t)
+    return out
+
+
+def split_explicit(units: Sequence[str], val: Sequence[str], test: Sequence[str],
+                   val_option: str, test_option: str) -> dict[str, str]:
+    """val/test units named explicitly, the rest train; unknown ids are an error."""
+    known = set(units)
+    for ids, opt in ((val, val_option), (test, test_option)):
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise ConvertError(f"{opt}: {', '.join(missing)} not found (have: "
+                               f"{_few(sorted(known, key=natural_key), 12)})")
+    both = sorted(set(val) & set(test))
+    if both:
+        raise ConvertError(f"{', '.join(both)} named in both {val_option} and {test_option}")
+    out = {u: "train" for u in units}
+    out.update({u: "val" for u in val})
+    out.update({u: "test" for u in test})
+    if "train" not in out.values():
+        raise ConvertError(f"{val_option}/{test_option} leave no training unit")
+    return out
+
+
+def add_split_arguments(p: argparse.ArgumentParser, unit: str, default_fractions: Sequence[float],
+                        fractions_help: str) -> None:
+    """``--split-fractions`` plus ``--val-<unit>s`` / ``--test-<unit>s`` explicit id lists."""
+    p.add_argument("--split-fractions", type=float, nargs=3, default=list(default_fractions),
+                   metavar=("TRAIN", "VAL", "TEST"), help=fractions_help)
+    p.add_argument(f"--val-{unit}s", nargs="+", default=None, metavar="ID",
+                   help=f"explicit validation {unit}s (then --split-fractions is ignored)")
+    p.add_argument(f"--test-{unit}s", nargs="+", default=None, metavar="ID",
+                   help=f"explicit test {unit}s (then --split-fractions is ignored)")
+
+
+def split_units(units: Sequence[str], args: argparse.Namespace, unit: str, salt: str
+                ) -> dict[str, str]:
+    """Apply :func:`add_split_arguments` options: explicit ids if given, else fractions."""
+    val = parse_ids(getattr(args, f"val_{unit}s"))
+    test = parse_ids(getattr(args, f"test_{unit}s"))
+    if val or test:
+        return split_explicit(units, val, test, f"--val-{unit}s", f"--test-{unit}s")
+    return split_by_fractions(units, args.split_fractions, args.seed, salt)
+
+
+# --------------------------------------------------------------------------------------------
+# pixels
+
+
+def window_for(dtype: np.dtype, task: str, window: Sequence[float] | None = None,
+               unit: str | None = None) -> dict[str, Any]:
+    """The normalisation of a sample, as a dict.
+
+    An explicit ``window`` (and ``unit``) wins; otherwise 8-bit data get [0, 255] "8-bit" (the
+    full range of the type: photos and 8-bit products of any task), everything else the task's
+    registry window (HU, MR a.u., SUV, DN)."""
+    from medrestore.sample import Normalisation
+
+    if window is not None:
+        lo, hi = (float(v) for v in window)
+        if not hi > lo:
+            raise ConvertError(f"--window needs LOW < HIGH, got {lo} {hi}")
+        default_unit = Normalisation.for_task(task).unit
+        return Normalisation(lo, hi, unit=unit if unit is not None else default_unit).to_dict()
+    if np.dtype(dtype) == np.uint8:
+        return Normalisation(0.0, 255.0, unit=unit or "8-bit").to_dict()
+    n = Normalisation.for_task(task)
+    return Normalisation(n.low, n.high, unit=unit or n.unit).to_dict()
+
+
+def as_chw(x: np.ndarray, what: str) -> np.ndarray:
+    """``H×W`` -> ``1×H×W``; ``C×H×W`` unchanged; anything else is an error naming ``what``."""
+    x = np.asarray(x)
+    if x.ndim == 2:
+        return x[None]
+    if x.ndim != 3:
+        raise ConvertError(f"{what}: expected a 2-D image, got an array of shape {x.shape}")
+    return x
+
+
+def compact_integral(x: np.ndarray, dtype: type = np.int16) -> np.ndarray:
+    """``x`` as ``dtype`` when that is exact (integral values in range), else unchanged.
+
+    CT in HU after ``RescaleSlope 1 / RescaleIntercept -1024`` is integral: int16 halves the
+    shard without losing a bit."""
+    info = np.iinfo(dtype)
+    if x.dtype.kind in "iu" and x.dtype.itemsize <= np.dtype(dtype).itemsize:
+        if x.min(initial=0) >= info.min and x.max(initial=0) <= info.max:
+            return x.astype(dtype)
+        return x
+    if x.dtype.kind == "f" and np.isfinite(x).all():
+        r = np.rint(x)
+        if np.array_equal(r, x) and r.min(initial=0) >= info.min and r.max(initial=0) <= info.max:
+            return r.astype(dtype)
+    return x
+
+
+def crop_to_multiple(x: np.ndarray, scale: int) -> np.ndarray:
+    """Top-left crop of ``C×H×W`` so that H and W are multiples of ``scale``."""
+    h, w = x.shape[-2] // scale * scale, x.shape[-1] // scale * scale
+    if h == 0 or w == 0:
+        raise ConvertError(f"image of shape {x.shape} is smaller than the scale {scale}")
+    return x[..., :h, :w]
+
+
+def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
+    """``C×H×W`` -> ``C×(H/s)×(W/s)`` with MATLAB-compatible bicubic ``imresize`` (antialiased).
+
+    Integer inputs stay integer, rounded and saturated after each pass as MATLAB does for
+    ``uint8`` images, so generated LR images follow the convention of the official DIV2K
+    ``_LR_bicubic`` PNGs; float inputs give float32."""
+    from medrestore.degradations.resize import imresize
+
+    c, h, w = hr.shape
+    if h % scale or w % scale:
+        raise ConvertError(f"bicubic_downscale needs H, W multiples of {scale}, got {h}×{w}")
+    lr = np.asarray(imresize(hr, output_shape=(h // scale, w // scale), layout="chw"))
+    return np.ascontiguousarray(lr)
+
+
+def inplane_spacing(spacing: Sequence[float | None] | None, drop_axis: int | None = None
+                    ) -> list[float] | None:
+    """Pixel spacing of a slice in mm: the reader's spacing without the sliced axis (``[dz, dy,
+    dx]`` -> e.g. ``[dy, dx]``), or ``None`` when any entry is unknown."""
+    if spacing is None:
+        return None
+    vals = [s for i, s in enumerate(spacing) if i != drop_axis]
+    if not vals or any(v is None for v in vals):
+        return None
+    return [float(v) for v in vals]
+
+
+def read_array(path: Path, **kw: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`medrestore.io.base.read_image`, imported lazily."""
+    from medrestore.io.base import read_image
+
+    return read_image(path, **kw)
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``k=v`` -> ``(k, v)`` with ``v`` parsed as JSON when possible (numbers, true/false,
+    lists), else kept as a string."""
+    k, sep, v = text.partition("=")
+    if not sep or not k.strip():
+        raise ConvertError(f"--param expects KEY=VALUE, got {text!r}")
+    v = v.strip()
+    try:
+        val = json.loads(v)
+    except ValueError:
+        low = v.lower()
+        val = {"true": True, "false": False, "none": None}.get(low, v)
+    return k.strip(), val
+
+
+def iter_progress(it: Iterable[Any], total: int | None, desc: str, quiet: bool,
+                  unit: str = "slice") -> Iterator[Any]:
+    """A nested tqdm bar (e.g. slices of one volume) that leaves nothing behind."""
+    from tqdm import tqdm
+
+    yield from tqdm(it, total=total, desc=desc, disable=quiet, leave=False, file=sys.stderr,
+                    dynamic_ncols=True, unit=unit)

@@ -1,0 +1,447 @@
+"""One reader/writer interface for image files, picked by suffix, content or name.
+
+:func:`read_image` returns ``(array, meta)`` and :func:`write_image` writes such a pair back, in
+the format named, implied by the suffix, or recorded in ``meta["format"]`` (so an inference
+tool can write its output in the format it read). Each format is an :class:`ImageReader`
+(read + write) registered under a name and its suffixes; the implementation module is imported
+only when the format is first used, so this module needs nothing but numpy.
+
+Array conventions
+-----------------
+- PNG / JPEG / BMP / JPEG 2000 / TIFF: axes ``"chw"``, ``C×H×W`` (C = 1 grey, 3 RGB, N bands),
+  stored dtype kept (uint8, uint16, int16, float32, ...).
+- DICOM series or file: axes ``"zyx"``, ``Z×H×W`` float32 in physical units (rescale
+  slope/intercept applied: HU for CT); slices sorted along the slice normal.
+- NIfTI: axes ``"zyx"``, ``Z×H×W`` float32 with nibabel's scaling applied; nibabel's
+  ``(i, j, k)`` is transposed to ``(k, j, i)``, so ``vol[z] == data[:, :, z].T``.
+- HDF5 dataset: as stored (2-D → ``1×H×W``), stored dtype kept; axes from the dataset's
+  ``axes`` attribute or the ``axes=`` option (default ``"chw"``).
+
+``spacing`` is in mm, one entry per *spatial* axis (``[dz, dy, dx]`` for ``"zyx"``,
+``[dy, dx]`` for ``"chw"``); an entry is ``None`` when that axis' spacing is unknown and the
+whole value is ``None`` when nothing is known. ``affine`` (4×4 nested list) maps
+``(x, y, z, 1)`` -- the index of ``vol[z, y, x]`` read backwards (column, row, slice) -- to
+millimetres, as NIfTI and ITK do; ``affine_space``
+says whether it is ``"RAS"`` (NIfTI) or ``"LPS"`` (DICOM patient coordinates) and
+``affine_ras`` is always the RAS version.
+
+Every ``meta`` has ``format``, ``path``, ``shape`` (as returned), ``dtype`` (as stored on disk),
+``axes`` and ``spacing``; readers add format-specific keys (see ``docs/io.md``). Some values are
+not JSON (the NIfTI ``header`` object): :func:`jsonable_meta` converts or drops those.
+
+Errors are :class:`ReadError` / :class:`WriteError`, one line naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from medrestore.errors import MedrestoreError
+
+AXES_2D = "chw"
+AXES_3D = "zyx"
+LPS_TO_RAS = ((-1.0, 0.0, 0.0, 0.0), (0.0, -1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0),
+              (0.0, 0.0, 0.0, 1.0))   # its own inverse: flips x and y
+
+
+class ReadError(MedrestoreError, ValueError):
+    """A file that cannot be read as the image it claims to be (names the file and the fault)."""
+
+
+class WriteError(MedrestoreError, ValueError):
+    """An array/meta pair that cannot be written where or how it was asked."""
+
+
+class ImageReader(ABC):
+    """Reader and writer of one image format (MONAI-style ``ImageReader`` plus its writer).
+
+    ``read`` gets an existing path and the format options the caller passed; it returns
+    ``(array, meta)`` following the conventions above. ``write`` gets a ``C×H×W`` / ``Z×H×W``
+    array, the meta it came with (possibly from another format) and the final path; it must
+    write atomically (see :func:`atomic_output`) and return the path written.
+    """
+
+    name: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]]
+    read_options: ClassVar[tuple[str, ...]] = ()
+    write_options: ClassVar[tuple[str, ...]] = ()
+
+    def verify_suffix(self, path: str | os.PathLike) -> bool:
+        return _match_suffix(Path(path).name, self.suffixes) is not None
+
+    @abstractmethod
+    def read(self, path: Path, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        ...
+
+    @abstractmethod
+    def write(self, array: np.ndarray, meta: Mapping[str, Any], path: Path, *,
+              overwrite: bool = False, **options: Any) -> Path:
+        ...
+
+
+@dataclass(frozen=True)
+class FormatEntry:
+    name: str
+    target: str                  # "module:Class" of the ImageReader, imported on first use
+    suffixes: tuple[str, ...]    # lower case, with the dot; the first is the default suffix
+    directory: bool = False      # may be written as a directory (DICOM series)
+
+
+_FORMATS: dict[str, FormatEntry] = {}
+_INSTANCES: dict[str, ImageReader] = {}
+
+
+def register_format(name: str, target: str, suffixes: tuple[str, ...], *,
+                    directory: bool = False, replace: bool = False) -> None:
+    """Add a format: ``target`` is ``"module:Class"`` of an :class:`ImageReader` subclass."""
+    if name in _FORMATS and not replace:
+        raise ValueError(f"image format {name!r} is already registered")
+    suffixes = tuple(s.lower() for s in suffixes)
+    for s in suffixes:
+        other = next((f.name for f in _FORMATS.values() if s in f.suffixes and f.name != name),
+                     None)
+        if other is not None:
+            raise ValueError(f"suffix {s!r} already belongs to image format {other!r}")
+    _FORMATS[name] = FormatEntry(name, target, suffixes, directory)
+    _INSTANCES.pop(name, None)
+
+
+register_format("dicom", "medrestore.io.dicom:DicomReader", (".dcm", ".ima", ".dicom"),
+                directory=True)
+register_format("nifti", "medrestore.io.nifti:NiftiReader", (".nii.gz", ".nii"))
+register_format("png", "medrestore.io.image2d:PngReader", (".png",))
+register_format("jpeg", "medrestore.io.image2d:JpegReader", (".jpg", ".jpeg"))
+register_format("bmp", "medrestore.io.image2d:BmpReader", (".bmp",))
+register_format("tiff", "medrestore.io.image2d:TiffReader", (".tif", ".tiff"))
+register_format("jpeg2000", "medrestore.io.image2d:Jpeg2000Reader", (".jp2", ".j2k", ".j2c"))
+register_format("hdf5", "medrestore.io.h5array:H5ArrayReader", (".h5", ".hdf5", ".hdf"))
+
+
+def formats() -> list[str]:
+    """Registered format names."""
+    return list(_FORMATS)
+
+
+def supported_suffixes() -> list[str]:
+    return [s for f in _FORMATS.values() for s in f.suffixes]
+
+
+def get_reader(name: str) -> ImageReader:
+    """The :class:`ImageReader` registered as ``name`` (imports its module on first use)."""
+    entry = _FORMATS.get(str(name).lower())
+    if entry is None:
+        raise ReadError(f"unknown image format {name!r}; known formats: {', '.join(_FORMATS)}")
+    if entry.name not in _INSTANCES:
+        module, cls = entry.target.split(":")
+        _INSTANCES[entry.name] = getattr(importlib.import_module(module), cls)()
+    return _INSTANCES[entry.name]
+
+
+def _match_suffix(filename: str, suffixes: tuple[str, ...] | list[str]) -> str | None:
+    lower = filename.lower()
+    for s in sorted(suffixes, key=len, reverse=True):      # ".nii.gz" before ".gz"-like tails
+        if lower.endswith(s) and len(lower) > len(s):
+            return s
+    return None
+
+
+def format_for_suffix(path: str | os.PathLike) -> str | None:
+    """The format whose suffix ``path`` ends with, or None."""
+    name = Path(path).name
+    for entry in _FORMATS.values():
+        if _match_suffix(name, entry.suffixes):
+            return entry.name
+    return None
+
+
+# Magic numbers for files without a known suffix; DICOM is checked separately (offset 128).
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "png"),
+    (0, b"\xff\xd8\xff", "jpeg"),
+    (0, b"II*\x00", "tiff"), (0, b"MM\x00*", "tiff"), (0, b"II+\x00", "tiff"),
+    (0, b"MM\x00+", "tiff"),
+    (0, b"\x89HDF\r\n\x1a\n", "hdf5"),
+    (0, b"\x00\x00\x00\x0cjP  \r\n\x87\n", "jpeg2000"), (0, b"\xff\x4f\xff\x51", "jpeg2000"),
+    (0, b"BM", "bmp"),
+    (344, b"n+1\x00", "nifti"), (540, b"n+2\x00", "nifti"),
+)
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True when the file has the DICOM Part 10 preamble (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """Guess a file's format from its first bytes (None when nothing matches)."""
+    if is_dicom_file(path):
+        return "dicom"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(548)
+    except OSError:
+        return None
+    for offset, magic, name in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    return None
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Format of an existing path: a directory of DICOM files, a known suffix, else the content."""
+    p = Path(path)
+    if p.is_dir():
+        from medrestore.io.dicom import dicom_files_in
+
+        if dicom_files_in(p, recursive=False, limit=1):
+            return "dicom"
+        raise ReadError(f"{p}: directory holds no DICOM files (only DICOM series are read from "
+                        "a directory; pass a file path for other formats)")
+    name = format_for_suffix(p)
+    if name is not None:
+        return name
+    name = sniff_format(p)
+    if name is not None:
+        return name
+    suffix = "".join(p.suffixes[-2:]) or "(none)"
+    raise ReadError(f"{p}: unknown image suffix {suffix} and no recognised file signature; "
+                    f"supported suffixes: {' '.join(supported_suffixes())} (or pass reader=...)")
+
+
+def split_dataset_path(path: str | os.PathLike, dataset: str | None) -> tuple[Path, str | None]:
+    """``"file.h5::group/name"`` → ``(Path("file.h5"), "group/name")``; other paths unchanged."""
+    text = os.fspath(path)
+    if "::" in text and not Path(text).exists():
+        file, _, inner = text.partition("::")
+        if dataset is not None and dataset != inner:
+            raise ReadError(f"{file}: dataset given twice ({inner!r} in the path, "
+                            f"{dataset!r} as an option)")
+        return Path(file), inner
+    return Path(text), dataset
+
+
+def read_image(path: str | os.PathLike, reader: str | None = None,
+               **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an image file (or DICOM series directory) → ``(array, meta)``.
+
+    ``reader`` forces a format by name (``"dicom"``, ``"nifti"``, ``"png"``, ``"jpeg"``,
+    ``"bmp"``, ``"tiff"``, ``"jpeg2000"``, ``"hdf5"``); otherwise a directory is a DICOM series,
+    a file is recognised by its suffix, and failing that by its first bytes (DICOM preamble,
+    PNG/JPEG/TIFF/HDF5/JPEG 2000/NIfTI signatures). ``kwargs`` are the reader's options
+    (e.g. ``series_uid=``, ``recursive=``, ``allow_uneven=`` for DICOM; ``dataset=`` for HDF5,
+    also spelled ``"file.h5::group/name"``; ``alpha="drop"`` for PNG).
+    """
+    p, dataset = split_dataset_path(path, kwargs.pop("dataset", None))
+    if dataset is not None:
+        kwargs["dataset"] = dataset
+    if not p.exists():
+        raise ReadError(f"{p}: no such file or directory")
+    if reader is not None:
+        name = get_reader(reader).name
+    elif p.is_dir() and kwargs.get("recursive"):
+        name = "dicom"                      # DICOM files may all sit in sub-folders
+    else:
+        name = detect_format(p)
+    if p.is_dir() and name != "dicom":
+        raise ReadError(f"{p}: is a directory; the {name} reader needs a file")
+    impl = get_reader(name)
+    _check_options(p, name, kwargs, impl.read_options, ReadError)
+    return impl.read(p, **kwargs)
+
+
+def write_image(array: np.ndarray, meta: Mapping[str, Any] | None, path: str | os.PathLike, *,
+                format: str | None = None, overwrite: bool = False, **options: Any) -> Path:
+    """Write ``array`` (``C×H×W``, ``Z×H×W`` or ``H×W``) with its ``meta``; returns the path.
+
+    The format is ``format`` if given, else the one implied by the suffix of ``path``, else
+    ``meta["format"]``. When the format does not come from the suffix and ``path`` has no
+    suffix of that format, the format's default suffix is appended (except DICOM, which writes
+    a series directory unless the path ends in ``.dcm``). An existing file is refused unless
+    ``overwrite=True``; files are written under a temporary name and renamed on success.
+    ``options`` go to the writer (e.g. ``quality=`` for JPEG, ``value_range=`` to quantise
+    floats for 8/16-bit formats, ``dtype=`` for NIfTI, ``dataset=`` for HDF5).
+    """
+    meta = dict(meta or {})
+    p, dataset = split_dataset_path(path, options.pop("dataset", None))
+    if dataset is not None:
+        options["dataset"] = dataset
+    by_suffix = format_for_suffix(p)
+    if format is not None:
+        name = format.lower()
+        if name not in _FORMATS:
+            raise WriteError(f"{p}: unknown image format {format!r}; known formats: "
+                             f"{', '.join(_FORMATS)}")
+        if by_suffix is not None and by_suffix != name:
+            raise WriteError(f"{p}: suffix says {by_suffix} but format={format!r} was asked; "
+                             f"use a {' / '.join(_FORMATS[name].suffixes)} name")
+    elif by_suffix is not None:
+        name = by_suffix
+    elif meta.get("format") in _FORMATS:
+        name = str(meta["format"])
+    else:
+        raise WriteError(f"{p}: cannot tell the format (no known suffix, no format= and no "
+                         f"meta['format']); supported suffixes: {' '.join(supported_suffixes())}")
+    entry = _FORMATS[name]
+    if by_suffix is None and not entry.directory:
+        p = p.with_name(p.name + entry.suffixes[0])
+    impl = get_reader(name)
+    _check_options(p, name, options, impl.write_options, WriteError)
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise WriteError(f"{p}: expected a C×H×W, Z×H×W or H×W array, got shape {arr.shape}")
+    try:
+        return impl.write(arr, meta, p, overwrite=overwrite, **options)
+    except OSError as exc:
+        raise WriteError(f"{p}: cannot write {name} ({type(exc).__name__}: "
+                         f"{one_line(exc)})") from None
+
+
+def _check_options(path: Path, name: str, options: Mapping[str, Any],
+                   allowed: tuple[str, ...], error: type[MedrestoreError]) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        accepted = ", ".join(allowed) or "none"
+        raise error(f"{path}: unknown option(s) {', '.join(unknown)} for the {name} format "
+                    f"(accepted: {accepted})")
+
+
+# ----------------------------------------------------------------------------- helpers
+def one_line(exc: object, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def base_meta(fmt: str, path: str | os.PathLike, array: np.ndarray, *, dtype: Any,
+              axes: str, spacing: list[float | None] | None) -> dict[str, Any]:
+    """The keys every reader fills, in a fixed order."""
+    if spacing is not None:
+        spacing = [None if s is None else float(s) for s in spacing]
+        if all(s is None for s in spacing):
+            spacing = None
+    return {"format": fmt, "path": str(path), "shape": [int(n) for n in array.shape],
+            "dtype": str(np.dtype(dtype)), "axes": axes, "spacing": spacing}
+
+
+def affine_to_ras(affine: Any, space: str) -> list[list[float]]:
+    """RAS version of an affine given in ``space`` (``"RAS"`` or ``"LPS"``)."""
+    a = np.asarray(affine, dtype=np.float64)
+    if space.upper() == "LPS":
+        a = np.asarray(LPS_TO_RAS) @ a
+    elif space.upper() != "RAS":
+        raise ValueError(f"affine space must be RAS or LPS, got {space!r}")
+    return a.tolist()
+
+
+def meta_affine(meta: Mapping[str, Any], space: str) -> np.ndarray | None:
+    """The meta's affine expressed in ``space`` (``"RAS"`` / ``"LPS"``), or None."""
+    if meta.get("affine_ras") is not None:
+        ras = np.asarray(meta["affine_ras"], dtype=np.float64)
+    elif meta.get("affine") is not None:
+        src = str(meta.get("affine_space") or ("RAS" if meta.get("format") == "nifti" else ""))
+        if src not in ("RAS", "LPS"):
+            return None
+        ras = np.asarray(affine_to_ras(meta["affine"], src))
+    else:
+        return None
+    if ras.shape != (4, 4) or not np.isfinite(ras).all():
+        return None
+    return ras if space.upper() == "RAS" else np.asarray(LPS_TO_RAS) @ ras
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool, *,
+                  directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it to ``path``.
+
+    The temporary path has the same name (inside a hidden sibling folder), so libraries that
+    choose the encoding by suffix (nibabel's ``.nii.gz``, Pillow) behave as for the final name.
+    An existing file, or a non-empty directory when ``directory`` is set, is refused unless
+    ``overwrite``; nothing is left behind when the writer fails.
+    """
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        if directory and p.is_dir() and not any(p.iterdir()):
+            pass                                   # an empty output folder may be reused
+        elif not overwrite:
+            what = ("non-empty directory" if directory else "directory") if p.is_dir() else "file"
+            raise WriteError(f"{p}: {what} already exists; pass overwrite=True to replace it")
+        elif p.is_dir() and not directory:
+            raise WriteError(f"{p}: is a directory; give a file name")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent))
+    target = tmp / p.name
+    try:
+        yield target
+        if not target.exists():
+            raise WriteError(f"{p}: writer produced no output")
+        if p.is_dir() and not p.is_symlink():
+            os.replace(p, tmp / ".replaced")       # rename() cannot replace a non-empty folder
+        os.replace(target, p)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_DROP = object()
+
+
+def _to_json(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.dtype):
+        return str(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8").rstrip("\x00")
+        except UnicodeDecodeError:
+            return _DROP
+    if isinstance(value, np.ndarray):
+        return _to_json(value.tolist())
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            j = _to_json(v)
+            if j is not _DROP:
+                out[str(k)] = j
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_to_json(v) for v in value]
+        return [None if v is _DROP else v for v in items]
+    return _DROP
+
+
+def jsonable_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON-serialisable copy of ``meta``.
+
+    numpy scalars/arrays become Python numbers/lists, paths strings, NaN/inf ``None``; values
+    with no JSON form (the nibabel ``header`` object, complex numbers) are dropped.
+    """
+    out = _to_json(meta)
+    return out if isinstance(out, dict) else {}

@@ -1,0 +1,439 @@
+"""Builders of tiny fake source trees with the real datasets' names, nesting and formats.
+
+Each builder writes files under ``root`` and returns what a converter should find there
+(pixels in physical units, ids), so tests compare shard contents against the source. Sizes are
+a few dozen pixels: the layouts are real, the images are not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# ------------------------------------------------------------------------------ small writers
+
+
+def rgb(rng: np.random.Generator, h: int, w: int, dtype=np.uint8) -> np.ndarray:
+    """Random H×W×3 image of ``dtype`` (full range)."""
+    hi = np.iinfo(dtype).max
+    return rng.integers(0, hi + 1, size=(h, w, 3), dtype=np.int64).astype(dtype)
+
+
+def write_png(path: Path, hwc: np.ndarray) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = np.asarray(hwc)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    Image.fromarray(a).save(path)
+    return path
+
+
+def write_tiff(path: Path, arr: np.ndarray) -> Path:
+    """H×W×3 (RGB, contiguous like UCMerced tiles) or H×W single band."""
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = np.asarray(arr)
+    tifffile.imwrite(path, a, photometric="rgb" if a.ndim == 3 else "minisblack")
+    return path
+
+
+def chw(hwc: np.ndarray) -> np.ndarray:
+    a = np.asarray(hwc)
+    return a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+
+
+def write_nifti(path: Path, data_ijk: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(data_ijk), np.diag([*spacing, 1.0]))
+    img.header.set_data_dtype(np.asarray(data_ijk).dtype)
+    nib.save(img, str(path))
+    return path
+
+
+def nifti_zyx(data_ijk: np.ndarray) -> np.ndarray:
+    """The reader's ``Z×H×W`` view of a nibabel ``(i, j, k)`` array: ``vol[z] = data[:, :, z].T``."""
+    return np.ascontiguousarray(np.transpose(np.asarray(data_ijk), (2, 1, 0)))
+
+
+# ------------------------------------------------------------------------------ DICOM
+
+
+def _ct_template():
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for kw in ("PixelPaddingValue", "DataSetTrailingPadding"):
+        if kw in ds:
+            delattr(ds, kw)
+    return ds
+
+
+def write_dicom_slice(path: Path, raw: np.ndarray, *, z: float, series_uid: str, study_uid: str,
+                      instance: int, patient: str, modality: str = "CT", slope: float = 1.0,
+                      intercept: float = -1024.0, spacing=(0.7, 0.7), thickness: float = 3.0,
+                      extra: dict[str, Any] | None = None) -> Path:
+    """One DICOM slice built from pydicom's ``CT_small.dcm`` with new pixels and geometry."""
+    from pydicom.uid import generate_uid
+
+    ds = _ct_template()
+    raw = np.ascontiguousarray(raw, dtype=np.int16)
+    ds.Rows, ds.Columns = raw.shape
+    ds.PixelData = raw.tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.ImagePositionPatient = [-10.0, -12.0, float(z)]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.SliceLocation = float(z)
+    ds.PixelSpacing = [float(spacing[0]), float(spacing[1])]
+    ds.SliceThickness = float(thickness)
+    ds.SpacingBetweenSlices = float(thickness)
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.InstanceNumber = int(instance)
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = series_uid, study_uid
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientID = ds.PatientName = patient
+    ds.Modality = modality
+    for k, v in (extra or {}).items():
+        setattr(ds, k, v)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _ct_base(n: int, size: int) -> np.ndarray:
+    """``n`` slices of CT_small's pixels, downsized to ``size``² (raw stored values)."""
+    ds = _ct_template()
+    step = ds.Rows // size
+    base = ds.pixel_array[::step, ::step][:size, :size].astype(np.int16)
+    return np.stack([base + 7 * k for k in range(n)])
+
+
+def aapm_tree(root: Path, patients=("L067", "L096", "L333", "L506"), n_slices: int = 3,
+              size: int = 16, thickness: str = "3mm", seed: int = 0, dose_first: bool = False
+              ) -> dict[str, Any]:
+    """``root/<patient>/{quarter,full}_<t>/<patient>_{QD,FD}_<t>_1.CT.0004.<n>.<date>….IMA``
+    (``root/{quarter,full}_<t>/<patient>/…`` with ``dose_first``).
+
+    Quarter-dose files are numbered in the *reverse* slice order of the full-dose ones, so
+    pairing by file name would pair the wrong slices; pairing by position is right. Returns
+    ``{patient: {"full": [HU], "quarter": [HU], "z": [...]}}`` in increasing z."""
+    from pydicom.uid import generate_uid
+
+    rng = np.random.default_rng(seed)
+    t = thickness.rstrip("m")
+    step = float(t)
+    out: dict[str, Any] = {}
+    for p_idx, pid in enumerate(patients):
+        raw_full = _ct_base(n_slices, size) + 11 * p_idx
+        raw_quarter = (raw_full + rng.integers(-40, 41, size=raw_full.shape)).astype(np.int16)
+        zs = [-100.0 + step * k for k in range(n_slices)]
+        study = generate_uid()
+        for dose, raw, reverse in (("full", raw_full, False), ("quarter", raw_quarter, True)):
+            series = generate_uid()
+            tag = "FD" if dose == "full" else "QD"
+            for k in range(n_slices):
+                inst = n_slices - k if reverse else k + 1
+                name = (f"{pid}_{tag}_{t}_1.CT.0004.{inst:04d}.2015.12.22.18.09.40."
+                        f"{840353 + inst}.358074219.IMA")
+                folder = (root / f"{dose}_{thickness}" / pid if dose_first
+                          else root / pid / f"{dose}_{thickness}")
+                write_dicom_slice(folder / name, raw[k], z=zs[k],
+                                  series_uid=series, study_uid=study, instance=inst, patient=pid,
+                                  thickness=step)
+        out[pid] = {"full": [r.astype(np.float32) - 1024 for r in raw_full],
+                    "quarter": [r.astype(np.float32) - 1024 for r in raw_quarter], "z": zs}
+    return out
+
+
+PET_HALF_LIFE = 6586.2          # s, F-18
+PET_DOSE = 3.0e8                # Bq injected at 09:30:00
+PET_WEIGHT = 72.0               # kg
+PET_DT = 3600.0                 # s from injection (09:30) to the series time (10:30)
+PET_SLOPE = 0.25                # Bq/ml per stored value
+
+
+def pet_suv_factor() -> float:
+    """SUVbw factor of :func:`pet_dicom_series`, computed independently of the converter."""
+    decayed = PET_DOSE * np.exp(-np.log(2.0) * PET_DT / PET_HALF_LIFE)
+    return PET_WEIGHT * 1000.0 / decayed
+
+
+def pet_dicom_series(folder: Path, raw_zyx: np.ndarray, *, patient: str,
+                     drop: tuple[str, ...] = ()) -> Path:
+    """A BQML PET series (Modality PT, Units BQML, radiopharmaceutical tags, DecayCorrection
+    START). ``drop`` removes tags (e.g. ``"PatientWeight"``) to test the error message."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import generate_uid
+
+    series, study = generate_uid(), generate_uid()
+    for k, raw in enumerate(raw_zyx):
+        radio = Dataset()
+        radio.Radiopharmaceutical = "Fluorodeoxyglucose"
+        radio.RadiopharmaceuticalStartTime = "093000.00"
+        radio.RadionuclideTotalDose = PET_DOSE
+        radio.RadionuclideHalfLife = PET_HALF_LIFE
+        extra = {"Units": "BQML", "DecayCorrection": "START", "PatientWeight": PET_WEIGHT,
+                 "SeriesDate": "20240102", "SeriesTime": "103000.00",
+                 "AcquisitionTime": "103000.00",
+                 "SOPClassUID": "1.2.840.10008.5.1.4.1.1.128",
+                 "RadiopharmaceuticalInformationSequence": Sequence([radio])}
+        for tag in drop:
+            extra.pop(tag, None)
+        write_dicom_slice(folder / f"{k + 1:04d}.dcm", raw, z=4.0 * k, series_uid=series,
+                          study_uid=study, instance=k + 1, patient=patient, modality="PT",
+                          slope=PET_SLOPE, intercept=0.0, spacing=(4.0, 4.0), thickness=4.0,
+                          extra=extra)
+    return folder
+
+
+def pet_tree(root: Path, nifti_patients=("P001", "P002", "P003", "P004", "P005"),
+             dicom_patient: str | None = "P006", shape_ijk=(6, 5, 4), seed: int = 0
+             ) -> dict[str, Any]:
+    """``root/<patient>/{lq,gt}.nii.gz`` (NIfTI, SUV; aliases ld/fd on one patient) and one
+    ``root/<patient>/{low_dose,full_dose}/`` BQML DICOM series. Slice j = 0 of every volume
+    is air (zeros). Returns ``{patient: {"lq": Z×H×W SUV, "gt": Z×H×W SUV}}``."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for n, pid in enumerate(nifti_patients):
+        gt = rng.uniform(0.5, 8.0, size=shape_ijk).astype(np.float32)
+        gt[:, 0, :] = 0.0
+        lq = (gt + rng.normal(0, 0.3, size=shape_ijk)).astype(np.float32)
+        lq[:, 0, :] = 0.0
+        names = ("ld", "fd") if n == 1 else ("lq", "gt")
+        write_nifti(root / pid / f"{names[0]}.nii.gz", lq, spacing=(2.0, 2.5, 3.0))
+        write_nifti(root / pid / f"{names[1]}.nii.gz", gt, spacing=(2.0, 2.5, 3.0))
+        out[pid] = {"lq": nifti_zyx(lq), "gt": nifti_zyx(gt)}
+    if dicom_patient is not None:
+        z, h, w = shape_ijk[2], shape_ijk[1], shape_ijk[0]
+        raw_gt = rng.integers(100, 4000, size=(z, h, w)).astype(np.int16)
+        raw_gt[:, 0, :] = 0
+        raw_lq = (raw_gt + rng.integers(-50, 50, size=raw_gt.shape)).clip(0).astype(np.int16)
+        raw_lq[:, 0, :] = 0
+        pet_dicom_series(root / dicom_patient / "low_dose", raw_lq, patient=dicom_patient)
+        pet_dicom_series(root / dicom_patient / "full_dose", raw_gt, patient=dicom_patient)
+        f = pet_suv_factor()
+        out[dicom_patient] = {"lq": raw_lq.astype(np.float64) * PET_SLOPE * f,
+                              "gt": raw_gt.astype(np.float64) * PET_SLOPE * f}
+    return out
+
+
+# ------------------------------------------------------------------------------ MRI
+
+
+def ixi_tree(root: Path, n_subjects: int = 6, shape_ijk=(12, 10, 9), modality: str = "T2",
+             seed: int = 0) -> dict[str, np.ndarray]:
+    """``root/IXI-T2/IXI0NN-<site>-0NNN-T2.nii.gz`` int16 volumes; returns ``{subject: Z×H×W}``."""
+    rng = np.random.default_rng(seed)
+    sites = ("Guys", "HH", "IOP")
+    out = {}
+    for n in range(n_subjects):
+        sid = f"IXI{n + 2:03d}"
+        data = rng.integers(0, 1500, size=shape_ijk).astype(np.int16)
+        write_nifti(root / f"IXI-{modality}" / f"{sid}-{sites[n % 3]}-{828 + n:04d}-{modality}.nii.gz",
+                    data, spacing=(0.9375, 0.9375, 1.2))
+        out[sid] = nifti_zyx(data)
+    return out
+
+
+# ------------------------------------------------------------------------------ natural
+
+
+def div2k_tree(root: Path, seed: int = 0, flickr: bool = False) -> dict[str, Any]:
+    """``DIV2K_{train,valid}_HR/0001.png`` + ``DIV2K_{train,valid}_LR_bicubic/X4/0001x4.png``.
+
+    train: 0001 24×32 with LR, 0002 26×21 (not a multiple of 4) with a ceil-size LR 7×6,
+    0003-0005 without LR (generated); valid: 0801-0802 with LR. With ``flickr``, also
+    ``Flickr2K/Flickr2K_HR/00000{1,2}.png`` (+ LR for 000001). Returns ``{stem: {"hr", "lr"}}``
+    as H×W×3 arrays (``lr`` None when not written)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+
+    def one(hr_dir: Path, lr_dir: Path, stem: str, h: int, w: int, lr_shape) -> None:
+        hr = rgb(rng, h, w)
+        write_png(hr_dir / f"{stem}.png", hr)
+        lr = None
+        if lr_shape is not None:
+            lr = rgb(rng, *lr_shape)
+            write_png(lr_dir / f"{stem}x4.png", lr)
+        out[stem] = {"hr": hr, "lr": lr}
+
+    tr, trl = root / "DIV2K_train_HR", root / "DIV2K_train_LR_bicubic" / "X4"
+    one(tr, trl, "0001", 24, 32, (6, 8))
+    one(tr, trl, "0002", 26, 21, (7, 6))
+    for stem in ("0003", "0004", "0005"):
+        one(tr, trl, stem, 16, 20, None)
+    va, val = root / "DIV2K_valid_HR", root / "DIV2K_valid_LR_bicubic" / "X4"
+    one(va, val, "0801", 20, 16, (5, 4))
+    one(va, val, "0802", 16, 16, (4, 4))
+    if flickr:
+        fh, fl = root / "Flickr2K" / "Flickr2K_HR", root / "Flickr2K" / "Flickr2K_LR_bicubic" / "X4"
+        one(fh, fl, "000001", 20, 24, (5, 6))
+        one(fh, fl, "000002", 16, 16, None)
+    return out
+
+
+def rain100l_tree(root: Path, variant: str = "prenet", n_train: int = 10, n_test: int = 4,
+                  seed: int = 0) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Rain100L in one of its common distributions; returns ``{split: {id: (rainy, clean)}}``.
+
+    * ``prenet``: ``RainTrainL/{rain-1.png, norain-1.png, rainstreak-1.png}`` (streak maps are
+      ignored) and ``Rain100L/{rainy/rain-001.png, norain-001.png}``;
+    * ``jorder``: ``train/{rain/X2/norain-1x2.png, norain/norain-1.png}`` and
+      ``test/{input/1.png, target/1.png}``."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"train": {}, "test": {}}
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(1, n + 1):
+            clean = rgb(rng, 12, 16)
+            rainy = np.maximum(clean, rgb(rng, 12, 16) // 2)
+            out[split][str(i)] = (rainy, clean)
+            if variant == "prenet" and split == "train":
+                d = root / "RainTrainL"
+                write_png(d / f"rain-{i}.png", rainy)
+                write_png(d / f"norain-{i}.png", clean)
+                write_png(d / f"rainstreak-{i}.png", rainy - np.minimum(rainy, clean))
+            elif variant == "prenet":
+                d = root / "Rain100L"
+                write_png(d / "rainy" / f"rain-{i:03d}.png", rainy)
+                write_png(d / f"norain-{i:03d}.png", clean)
+            elif variant == "jorder" and split == "train":
+                write_png(root / "train" / "rain" / "X2" / f"norain-{i}x2.png", rainy)
+                write_png(root / "train" / "norain" / f"norain-{i}.png", clean)
+            elif variant == "jorder":
+                write_png(root / "test" / "input" / f"{i}.png", rainy)
+                write_png(root / "test" / "target" / f"{i}.png", clean)
+            else:
+                raise ValueError(variant)
+    return out
+
+
+GOPRO_TRAIN = ("GOPR0372_07_00", "GOPR0374_11_00", "GOPR0378_13_00", "GOPR0379_11_00",
+               "GOPR0380_11_00")
+GOPRO_TEST = ("GOPR0384_11_00", "GOPR0396_11_00")
+
+
+def gopro_tree(root: Path, frames: int = 2, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """``GOPRO_Large/{train,test}/<SEQ>/{blur,blur_gamma,sharp}/0000NN.png``;
+    returns ``{seq: {frame: {"blur", "blur_gamma", "sharp"}}}``."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for split, seqs in (("train", GOPRO_TRAIN), ("test", GOPRO_TEST)):
+        for seq in seqs:
+            out[seq] = {}
+            for f in range(frames):
+                frame = f"{47 + f:06d}"
+                imgs = {k: rgb(rng, 10, 14) for k in ("blur", "blur_gamma", "sharp")}
+                for k, v in imgs.items():
+                    write_png(root / "GOPRO_Large" / split / seq / k / f"{frame}.png", v)
+                out[seq][frame] = imgs
+    return out
+
+
+# ------------------------------------------------------------------------------ remote sensing
+
+UCM_CLASSES = ("agricultural", "airplane", "beach")
+
+
+def ucmerced_tree(root: Path, per_class: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
+    """``UCMerced_LandUse/Images/<class>/<class>NN.tif`` RGB uint8 16×16 (``beach03`` is 16×15,
+    like the few odd-sized tiles); returns ``{stem: H×W×3}``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for cls in UCM_CLASSES:
+        for i in range(per_class):
+            stem = f"{cls}{i:02d}"
+            img = rgb(rng, 16, 15 if stem == "beach03" else 16)
+            write_tiff(root / "UCMerced_LandUse" / "Images" / cls / f"{stem}.tif", img)
+            out[stem] = img
+    return out
+
+
+def cuhk_cr1_tree(root: Path, n_train: int = 6, n_test: int = 3, nir: bool = True,
+                  seed: int = 0) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """``CUHK-CR1/{train,test}/{cloud,label}/<n>.png`` RGB and ``…/nir/{cloud,label}/<n>.png``
+    (NIR saved as grey RGB, as released); returns ``{split: {stem: {cloud, label, nir_cloud,
+    nir_label}}}``."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        out[split] = {}
+        for i in range(1, n + 1):
+            d = root / "CUHK-CR1" / split
+            imgs = {"cloud": rgb(rng, 16, 16), "label": rgb(rng, 16, 16)}
+            write_png(d / "cloud" / f"{i}.png", imgs["cloud"])
+            write_png(d / "label" / f"{i}.png", imgs["label"])
+            if nir:
+                for k in ("cloud", "label"):
+                    g = rng.integers(0, 256, size=(16, 16), dtype=np.uint8)
+                    write_png(d / "nir" / k / f"{i}.png", np.repeat(g[..., None], 3, axis=2))
+                    imgs[f"nir_{k}"] = g
+            out[split][str(i)] = imgs
+    return out
+
+
+def rice1_tree(root: Path, n: int = 10, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """``RICE1/{cloud,label}/<n>.png`` RGB 16×16; returns ``{stem: {cloud, label}}``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        imgs = {"cloud": rgb(rng, 16, 16), "label": rgb(rng, 16, 16)}
+        for k, v in imgs.items():
+            write_png(root / "RICE1" / k / f"{i}.png", v)
+        out[str(i)] = imgs
+    return out
+
+
+# ------------------------------------------------------------------------------ generic
+
+
+def paired_split_tree(root: Path, per_split=(3, 1, 2), seed: int = 0) -> dict[str, Any]:
+    """``{train,val,test}/{lq,gt}/<stem>.tif`` single-band uint16 (DN) pairs; returns
+    ``{stem: {"split", "lq", "gt"}}`` (H×W arrays)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    k = 0
+    for split, n in zip(("train", "val", "test"), per_split):
+        for _ in range(n):
+            stem = f"tile_{k:02d}"
+            gt = rng.integers(0, 12000, size=(12, 10)).astype(np.uint16)
+            lq = rng.integers(0, 12000, size=(12, 10)).astype(np.uint16)
+            write_tiff(root / split / "gt" / f"{stem}.tif", gt)
+            write_tiff(root / split / "lq" / f"{stem}.tif", lq)
+            out[stem] = {"split": split, "lq": lq, "gt": gt}
+            k += 1
+    return out
+
+
+def paired_volume_tree(root: Path, n: int = 4, shape_ijk=(8, 6, 3), seed: int = 0
+                       ) -> dict[str, Any]:
+    """Flat ``lq/vol_N.nii.gz`` + ``gt/vol_N.nii.gz`` float32 volumes; ``{stem: {lq, gt}}``
+    in the reader's Z×H×W order."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        gt = rng.uniform(0, 3, size=shape_ijk).astype(np.float32)
+        lq = (gt + rng.normal(0, 0.1, size=shape_ijk)).astype(np.float32)
+        write_nifti(root / "gt" / f"vol_{i}.nii.gz", gt)
+        write_nifti(root / "lq" / f"vol_{i}.nii.gz", lq)
+        out[f"vol_{i}"] = {"lq": nifti_zyx(lq), "gt": nifti_zyx(gt)}
+    return out
+
+
+def clean_tree(root: Path, n: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
+    """Flat folder of clean RGB PNGs ``img_NN.png``; returns ``{stem: H×W×3}``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        img = rgb(rng, 12, 12)
+        write_png(root / f"img_{i:02d}.png", img)
+        out[f"img_{i:02d}"] = img
+    return out
