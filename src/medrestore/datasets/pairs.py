@@ -17,6 +17,11 @@ LR window is read, so no pixel is resampled twice.
 
 Datasets store only paths and manifest rows; HDF5 files are opened lazily in the process that
 reads them (keyed by pid, so a forked DataLoader worker never reuses its parent's handle).
+
+With a caption cache (``text_cache``, :class:`medrestore.captions.cache.TextCache` or its
+path) every sample also gets ``text_emb``: the pooled text embedding of its clean image, looked
+up by ``key``. Every key is checked when the dataset is built, so a missing entry fails at once,
+naming the key and the cache. Only the cache file is read: no captioner or encoder is loaded.
 """
 
 from __future__ import annotations
@@ -54,6 +59,23 @@ class _ShardReader:
 
     def __getstate__(self) -> dict[str, Any]:  # h5py handles cannot be pickled (spawn, DDP)
         return {"shards": self.shards, "_pid": None, "_files": {}}
+
+
+def open_text_cache(text_cache: Any, rows: Sequence[Mapping[str, Any]], what: str):
+    """``None`` | path | ``TextCache`` -> ``TextCache`` (or ``None``) holding every row's key."""
+    if text_cache is None:
+        return None
+    from medrestore.captions.cache import TextCache
+
+    cache = text_cache if isinstance(text_cache, TextCache) else TextCache(text_cache)
+    cache.require((r["key"] for r in rows), what)
+    return cache
+
+
+def _with_text(sample: dict[str, Any], cache) -> dict[str, Any]:
+    if cache is not None:
+        sample["text_emb"] = torch.from_numpy(cache.pooled(sample["key"]))
+    return sample
 
 
 # ------------------------------------------------------------------------------------ sets
@@ -169,10 +191,12 @@ class ShardPairs(Dataset):
 
     ``sets`` as in :func:`normalise_sets`. With ``upsample_lq=False`` an SR sample keeps its
     low-resolution ``lq`` (for networks with their own up-sampler); such samples do not fit the
-    scale-1 sample contract and are returned as plain dicts of arrays."""
+    scale-1 sample contract and are returned as plain dicts of arrays. ``text_cache`` adds
+    ``text_emb`` (see the module docstring)."""
 
     def __init__(self, sets: Any, split: str | Sequence[str] = "val",
-                 tasks: Sequence[str] | None = None, upsample_lq: bool = True) -> None:
+                 tasks: Sequence[str] | None = None, upsample_lq: bool = True,
+                 text_cache: Any = None) -> None:
         splits = [split] if isinstance(split, str) else list(split)
         self.sets = normalise_sets(sets, tasks)
         self.rows = load_sets(self.sets, splits)
@@ -182,6 +206,7 @@ class ShardPairs(Dataset):
                               f"split {splits}: evaluation needs fixed, written lq images")
         self.upsample_lq = upsample_lq
         self.reader = _ShardReader(sorted({r["shard"] for r in self.rows}))
+        self.text_cache = open_text_cache(text_cache, self.rows, f"split {splits}")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -195,8 +220,9 @@ class ShardPairs(Dataset):
         lq_u, gt_u = pair_to_unit(lq, gt, attrs, upsample_lq=self.upsample_lq)
         meta = _sample_meta(attrs)
         if lq_u.shape[-2:] != gt_u.shape[-2:]:
-            return {"lq": lq_u, "gt": gt_u, "task": attrs["task"], "key": attrs["key"], "meta": meta}
-        return make_sample(lq_u, gt_u, attrs["task"], attrs["key"], meta)
+            return _with_text({"lq": lq_u, "gt": gt_u, "task": attrs["task"], "key": attrs["key"],
+                               "meta": meta}, self.text_cache)
+        return _with_text(make_sample(lq_u, gt_u, attrs["task"], attrs["key"], meta), self.text_cache)
 
 
 class TrainPatches(Dataset):
@@ -204,10 +230,11 @@ class TrainPatches(Dataset):
 
     ``patch_size`` is on the GT grid and must be a multiple of every stored scale. Images
     smaller than the patch are reflect-padded (both alike). ``augment`` adds a random rot90 and
-    horizontal flip (the BasicSR/DATPRL augmentation)."""
+    horizontal flip (the BasicSR/DATPRL augmentation). ``text_cache`` adds ``text_emb`` (see
+    the module docstring)."""
 
     def __init__(self, rows: Sequence[Mapping[str, Any]], patch_size: int, augment: bool = False,
-                 seed: int = 0, upsample_lq: bool = True) -> None:
+                 seed: int = 0, upsample_lq: bool = True, text_cache: Any = None) -> None:
         self.rows = list(rows)
         self.patch_size, self.augment, self.seed = int(patch_size), augment, int(seed)
         self.upsample_lq = upsample_lq
@@ -216,6 +243,7 @@ class TrainPatches(Dataset):
             raise ConfigError(f"data.patch_size={self.patch_size} is not a multiple of the stored "
                               f"SR scale(s) {bad}; scale-aware crops need whole LR pixels")
         self.reader = _ShardReader(sorted({r["shard"] for r in self.rows}))
+        self.text_cache = open_text_cache(text_cache, self.rows, "the training rows")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -241,8 +269,9 @@ class TrainPatches(Dataset):
         lq_t = torch.from_numpy(np.ascontiguousarray(lq_u))
         gt_t = torch.from_numpy(np.ascontiguousarray(gt_u))
         if lq_t.shape[-2:] != gt_t.shape[-2:]:
-            return {"lq": lq_t, "gt": gt_t, "task": attrs["task"], "key": attrs["key"], "meta": meta}
-        return make_sample(lq_t, gt_t, attrs["task"], attrs["key"], meta)
+            return _with_text({"lq": lq_t, "gt": gt_t, "task": attrs["task"], "key": attrs["key"],
+                               "meta": meta}, self.text_cache)
+        return _with_text(make_sample(lq_t, gt_t, attrs["task"], attrs["key"], meta), self.text_cache)
 
 
 def _pad_to(lq: np.ndarray, gt: np.ndarray, p: int, s: int) -> tuple[np.ndarray, np.ndarray]:

@@ -61,3 +61,78 @@ def _check(pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.shape != target.shape or pred.ndim != 4:
         raise ValueError(f"expected two B×C×H×W tensors of one shape, got {tuple(pred.shape)} "
                          f"and {tuple(target.shape)}")
+
+
+def gaussian_window(size: int = SSIM_KERNEL, sigma: float = SSIM_SIGMA,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Normalised ``size×size`` Gaussian (outer product of the normalised 1-D kernel)."""
+    x = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim_zero_pad(pred: torch.Tensor, target: torch.Tensor,
+                  data_range: float | torch.Tensor) -> torch.Tensor:
+    """SSIM per image as the pytorch-ssim package computes it (used by the TAT/AMIR
+    evaluation): Gaussian 11×11 window (σ 1.5) applied per channel as a **zero-padded 'same'**
+    convolution, ``C1 = (0.01·range)²``, ``C2 = (0.03·range)²``, mean over the whole map
+    **including the borders** (torchmetrics instead pads by reflection and crops the borders).
+    Computed in float64 on the images as given (physical units)."""
+    import torch.nn.functional as F
+
+    _check(pred, target)
+    r = _per_image_range(data_range, pred.shape[0], pred)
+    c = pred.shape[1]
+    w = gaussian_window()
+    w = w.to(pred.device).expand(c, 1, SSIM_KERNEL, SSIM_KERNEL).contiguous()
+    p, t = pred.double(), target.double()
+    pad = SSIM_KERNEL // 2
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w, padding=pad, groups=c)
+
+    mu_p, mu_t = blur(p), blur(t)
+    var_p = blur(p * p) - mu_p**2
+    var_t = blur(t * t) - mu_t**2
+    cov = blur(p * t) - mu_p * mu_t
+    c1 = ((0.01 * r) ** 2).view(-1, 1, 1, 1)
+    c2 = ((0.03 * r) ** 2).view(-1, 1, 1, 1)
+    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+    return ssim_map.flatten(1).mean(1).float()
+
+
+def ssim_valid(pred: torch.Tensor, target: torch.Tensor,
+               data_range: float | torch.Tensor) -> torch.Tensor:
+    """SSIM per image as BasicSR's ``calculate_ssim`` computes it: per channel, Gaussian 11×11
+    (σ 1.5) filtering on the **valid** region only (the 5-pixel border of the map is dropped),
+    ``C1 = (0.01·range)²``, ``C2 = (0.03·range)²``, mean of the map, then mean over channels.
+    Float64. Images must be at least 11×11."""
+    import torch.nn.functional as F
+
+    _check(pred, target)
+    if min(pred.shape[-2:]) < SSIM_KERNEL:
+        raise ValueError(f"ssim_valid needs images of at least {SSIM_KERNEL}×{SSIM_KERNEL}, "
+                         f"got {tuple(pred.shape[-2:])}")
+    r = _per_image_range(data_range, pred.shape[0], pred)
+    c = pred.shape[1]
+    w = gaussian_window().to(pred.device).expand(c, 1, SSIM_KERNEL, SSIM_KERNEL).contiguous()
+    p, t = pred.double(), target.double()
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w, groups=c)
+
+    mu_p, mu_t = blur(p), blur(t)
+    var_p = blur(p * p) - mu_p**2
+    var_t = blur(t * t) - mu_t**2
+    cov = blur(p * t) - mu_p * mu_t
+    c1 = ((0.01 * r) ** 2).view(-1, 1, 1, 1)
+    c2 = ((0.03 * r) ** 2).view(-1, 1, 1, 1)
+    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+    return ssim_map.flatten(2).mean(2).mean(1).float()
+
+
+def rmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square error per image (in the images' units)."""
+    _check(pred, target)
+    return ((pred.double() - target.double()) ** 2).flatten(1).mean(1).sqrt().float()

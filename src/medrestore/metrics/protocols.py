@@ -9,8 +9,18 @@ protocol in the registry; a config can force one for all tasks (``model.metrics.
 physical units over the task's window (e.g. HU in [-1024, 3072] for CT, 8-bit for natural
 images) with the window width as data range.
 
-Model-family protocols (TAT's per-slice physical-unit protocol, DATPRL's uint8 RGB protocol)
-are added to :data:`PROTOCOLS` by their issues.
+``tat`` (TAT / AMIR evaluation): per slice in physical units, clipped to the test window
+(CT [-160, 240] HU, PET [0, 20] SUV, MRI [0, 4095]), data range = that slice's GT max − min,
+pytorch-ssim-style SSIM (zero padding, borders included) and RMSE in physical units.
+
+``datprl`` (DATPRL-IR / BasicSR evaluation): the [0, 1] image to uint8 (``round(255·x)``, as
+BasicSR's ``tensor2img``), PSNR with range 255 over all channels, SSIM per channel with an 11×11
+Gaussian (σ 1.5) on the valid region (no padding, no border crop, no Y channel), averaged over
+channels; RMSE in 8-bit levels. One-channel samples are scored on their single channel (BasicSR
+scores the replicated 3-channel image; PSNR and SSIM are the same when the channels are equal).
+
+Every protocol returns ``psnr``, ``ssim`` and ``rmse`` (in the protocol's units: normalised
+for ``normalised``, physical for ``tat``).
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from medrestore.metrics.image import psnr, ssim
+from medrestore.metrics.image import psnr, rmse, ssim, ssim_valid, ssim_zero_pad
 from medrestore.registry import Registry, get_task
 
 ProtocolFn = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Any]], dict[str, torch.Tensor]]
@@ -32,7 +42,39 @@ def normalised(pred: torch.Tensor, gt: torch.Tensor, meta: Mapping[str, Any]) ->
     """PSNR/SSIM in the normalised [0, 1] window, data range 1."""
     p = pred.clamp(0, 1).unsqueeze(0)
     g = gt.clamp(0, 1).unsqueeze(0)
-    return {"psnr": psnr(p, g, 1.0)[0], "ssim": ssim(p, g, 1.0)[0]}
+    return {"psnr": psnr(p, g, 1.0)[0], "ssim": ssim(p, g, 1.0)[0], "rmse": rmse(p, g)[0]}
+
+
+#: TAT's test windows (physical units) per modality; the training normalisation windows
+#: (CT [-1024, 3072] HU, PET [0, 20], MRI [0, 4095]) come from each sample's meta.
+TAT_TEST_WINDOWS = {"CT": (-160.0, 240.0), "PT": (0.0, 20.0), "MR": (0.0, 4095.0)}
+
+
+@PROTOCOLS.register("tat")
+def tat(pred: torch.Tensor, gt: torch.Tensor, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """TAT's protocol: de-normalise with the sample's window, clip both to the modality's test
+    window, PSNR/SSIM with ``data_range = gt.max() - gt.min()`` of the clipped slice, RMSE in
+    physical units. A flat slice (range 0) scores with range 1 rather than dividing by zero."""
+    from medrestore.sample import Normalisation
+
+    modality = meta.get("modality")
+    if modality not in TAT_TEST_WINDOWS:
+        raise ValueError(f"the 'tat' protocol scores CT, MR and PT slices; got modality {modality!r}")
+    lo, hi = TAT_TEST_WINDOWS[modality]
+    norm = Normalisation.from_dict(meta["normalisation"])
+    p = norm.denormalise(pred.double().clamp(0, 1)).clamp(lo, hi).unsqueeze(0)
+    g = norm.denormalise(gt.double().clamp(0, 1)).clamp(lo, hi).unsqueeze(0)
+    data_range = float(g.max() - g.min()) or 1.0
+    return {"psnr": psnr(p, g, data_range)[0], "ssim": ssim_zero_pad(p, g, data_range)[0],
+            "rmse": rmse(p, g)[0]}
+
+
+@PROTOCOLS.register("datprl")
+def datprl(pred: torch.Tensor, gt: torch.Tensor, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """BasicSR-style PSNR/SSIM on uint8 images (crop 0, RGB, no Y channel)."""
+    p = torch.round(pred.double().clamp(0, 1) * 255.0).unsqueeze(0)
+    g = torch.round(gt.double().clamp(0, 1) * 255.0).unsqueeze(0)
+    return {"psnr": psnr(p, g, 255.0)[0], "ssim": ssim_valid(p, g, 255.0)[0], "rmse": rmse(p, g)[0]}
 
 
 def protocol_for(task: str, override: str | None = None) -> ProtocolFn:
@@ -40,4 +82,4 @@ def protocol_for(task: str, override: str | None = None) -> ProtocolFn:
     return PROTOCOLS.get(override or get_task(task).protocol)
 
 
-METRIC_NAMES = ("psnr", "ssim")
+METRIC_NAMES = ("psnr", "ssim", "rmse")

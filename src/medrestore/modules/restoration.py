@@ -16,8 +16,15 @@ hook                           default
 =============================  ==============================================================
 
 Hyper-parameters are plain dicts (``net``, ``optimizer``, ``scheduler``, ``loss``,
-``metrics``) saved into every checkpoint, so ``load_from_checkpoint(path)`` alone rebuilds the
-model.
+``metrics``, ``ema``) saved into every checkpoint, so ``load_from_checkpoint(path)`` alone
+rebuilds the model.
+
+EMA (``ema: {decay, power, inv_gamma, update_after_step, update_every}``): an exponential moving
+average of the network's weights (``net_ema``, saved in checkpoints) with the warm-up of the
+``ema_pytorch`` package that TAT uses — decay ``min(decay, 1 − (1 + k/inv_gamma)^−power)`` at
+update ``k`` (weights copied on the first updates). When enabled, validation, test, predict
+and :class:`~medrestore.inference.restorer.Restorer` use the EMA weights, so the best
+checkpoint is picked by the EMA model's score.
 """
 
 from __future__ import annotations
@@ -49,6 +56,22 @@ def _plain(x: Any) -> Any:
     return copy.deepcopy(x)
 
 
+def _ema_config(ema: Mapping[str, Any] | None) -> dict[str, float] | None:
+    if not ema:
+        return None
+    defaults = {"decay": 0.999, "power": 2.0 / 3.0, "inv_gamma": 1.0, "update_after_step": 0,
+                "update_every": 1}
+    unknown = sorted(set(ema) - set(defaults))
+    if unknown:
+        raise ConfigError(f"model.ema has unknown key(s) {unknown}; allowed: {sorted(defaults)}")
+    cfg = {**defaults, **ema}
+    if not 0.0 < float(cfg["decay"]) < 1.0:
+        raise ConfigError(f"model.ema.decay={cfg['decay']}; expected a value in (0, 1)")
+    if int(cfg["update_every"]) < 1:
+        raise ConfigError(f"model.ema.update_every={cfg['update_every']}; expected >= 1")
+    return cfg
+
+
 class RestorationModule(L.LightningModule):
     """Base LightningModule for all-in-one restoration.
 
@@ -59,7 +82,9 @@ class RestorationModule(L.LightningModule):
             ``total_steps: null`` entry is filled with the trainer's estimated step count.
         scheduler_interval: ``"step"`` or ``"epoch"``.
         loss: ``{"name": "l1"|"mse"|"charbonnier", "weight": 1.0, "balance": "none"|"input",
-            "balance_power": 1.0}``.
+            "balance_power": 1.0}`` (families add balance modes, e.g. TAT's ``uncertainty``).
+        ema: ``None`` or ``{"decay": 0.999, "power": 2/3, "inv_gamma": 1.0,
+            "update_after_step": 0, "update_every": 1}``.
         metrics: ``{"protocol": null|<name>}`` — null uses each task's registry default.
         monitor: the logged figure that checkpoints and sweeps optimise.
     """
@@ -67,25 +92,38 @@ class RestorationModule(L.LightningModule):
     def __init__(self, net: Mapping[str, Any], optimizer: Mapping[str, Any] | None = None,
                  scheduler: Mapping[str, Any] | None = None, scheduler_interval: str = "step",
                  loss: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
-                 monitor: str = "val/psnr") -> None:
+                 monitor: str = "val/psnr", ema: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         net, optimizer, scheduler = _plain(net), _plain(optimizer), _plain(scheduler)
         loss, metrics = _plain(loss) or {"name": "l1", "weight": 1.0}, _plain(metrics) or {}
+        ema = _plain(ema) or None
         self.save_hyperparameters({"net": net, "optimizer": optimizer, "scheduler": scheduler,
                                    "scheduler_interval": scheduler_interval, "loss": loss,
-                                   "metrics": metrics, "monitor": monitor})
+                                   "metrics": metrics, "monitor": monitor, "ema": ema})
         net_kwargs = dict(net)
         if "name" not in net_kwargs:
             raise ConfigError("model.net needs a 'name' (a registered architecture, e.g. 'restormer')")
-        self.net = self.build_net(net_kwargs.pop("name"), net_kwargs)
+        self.arch = net_kwargs.pop("name")
+        # weights to start from: loaded at fit start (setup), so a resumed or evaluated
+        # checkpoint never needs the original file
+        self.pretrained = net_kwargs.pop("pretrained", None)
+        self.pretrained_format = net_kwargs.pop("pretrained_format", "medrestore")
+        self._pretrained_loaded = False
+        self.net = self.build_net(self.arch, net_kwargs)
         self.in_channels = int(getattr(self.net, "in_channels", net_kwargs.get("in_channels", 3)))
         self.out_channels = int(getattr(self.net, "out_channels", net_kwargs.get("out_channels", self.in_channels)))
         self.pixel_loss = PIXEL_LOSSES.get(loss.get("name", "l1"))
         self.pixel_weight = float(loss.get("weight", 1.0))
         self.balance = loss.get("balance", "none")
         self.balance_power = float(loss.get("balance_power", 1.0))
-        if self.balance not in ("none", "input"):
-            raise ConfigError(f"model.loss.balance={self.balance!r}; expected 'none' or 'input'")
+        if self.balance not in self.BALANCE_MODES:
+            raise ConfigError(f"model.loss.balance={self.balance!r}; expected one of "
+                              f"{list(self.BALANCE_MODES)}")
+        self.ema_cfg = _ema_config(ema)
+        self.net_ema = None
+        if self.ema_cfg is not None:
+            self.net_ema = copy.deepcopy(self.net).requires_grad_(False)
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.protocol_override = metrics.get("protocol")
         if self.protocol_override is not None:
             protocol_for(next(iter(TASKS)), self.protocol_override)  # fail early on a typo
@@ -93,6 +131,8 @@ class RestorationModule(L.LightningModule):
             f"{stage}_{src}_{m}": PerTaskMean()
             for stage in STAGES for src in SOURCES for m in METRIC_NAMES})
         self.results: dict[str, dict[str, float]] = {}
+
+    BALANCE_MODES: tuple[str, ...] = ("none", "input")
 
     # ------------------------------------------------------------------ hooks
     def build_net(self, name: str, kwargs: Mapping[str, Any]) -> nn.Module:
@@ -102,7 +142,13 @@ class RestorationModule(L.LightningModule):
         return {}
 
     def run_net(self, lq: torch.Tensor, cond: Mapping[str, Any]) -> Any:
-        return self.net(lq, **cond)
+        return self.active_net()(lq, **cond)
+
+    def active_net(self) -> nn.Module:
+        """The weights in use: the EMA copy outside training when EMA is on, else ``net``."""
+        if self.net_ema is not None and not self.training:
+            return self.net_ema
+        return self.net
 
     def sample_losses(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         return self.pixel_loss(pred, gt)
@@ -151,6 +197,48 @@ class RestorationModule(L.LightningModule):
         for name, value in terms.items():
             self.log(f"train/loss_{name}", value, batch_size=bs)
         return total
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.pretrained and not self._pretrained_loaded:
+            self.load_pretrained()
+
+    def load_pretrained(self, path: str | None = None, fmt: str | None = None) -> None:
+        """Load ``model.net.pretrained`` (our layout or the authors', ``pretrained_format``)
+        into the network (and the EMA copy)."""
+        from medrestore.models.pretrained import load_pretrained
+
+        path = path or self.pretrained
+        if not path:
+            raise ConfigError("no weights to load: set model.net.pretrained")
+        load_pretrained(self.net, path, fmt or self.pretrained_format, self.arch)
+        if self.net_ema is not None:
+            self.net_ema.load_state_dict(self.net.state_dict())
+        self._pretrained_loaded = True
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.net_ema is not None:
+            self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> float:
+        """One EMA update (after an optimiser step); returns the decay used (0 = copy)."""
+        cfg = self.ema_cfg
+        step = int(self.ema_updates)
+        self.ema_updates += 1
+        if step % int(cfg["update_every"]):
+            return float("nan")
+        after = int(cfg["update_after_step"])
+        if step <= after + 1:   # ema_pytorch copies up to update_after_step, and once more to init
+            decay = 0.0
+        else:
+            decay = min(float(cfg["decay"]),
+                        1.0 - (1.0 + (step - after) / float(cfg["inv_gamma"])) ** -float(cfg["power"]))
+        for e, p in zip(self.net_ema.parameters(), self.net.parameters()):
+            e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(self.net_ema.buffers(), self.net.buffers()):
+            e.copy_(b)
+        return decay
 
     def _score(self, stage: str, batch: Mapping[str, Any]) -> torch.Tensor:
         pred, _ = self.restore(batch)
@@ -210,11 +298,15 @@ class RestorationModule(L.LightningModule):
                 for i in range(pred.shape[0])]
 
     # ------------------------------------------------------------------ optimisation
+    def optimizer_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters (the EMA copy is not trained)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
     def configure_optimizers(self) -> Any:
         from hydra.utils import instantiate
 
         opt_cfg = self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "lr": 2e-4}
-        optimizer = instantiate(opt_cfg, params=[p for p in self.parameters() if p.requires_grad])
+        optimizer = instantiate(opt_cfg, params=self.optimizer_parameters())
         sched_cfg = self.hparams.scheduler
         if not sched_cfg:
             return optimizer
