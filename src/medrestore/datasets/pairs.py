@@ -146,8 +146,8 @@ def _upsample(lq: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(up, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _simulate(gt_stored: np.ndarray, attrs: Mapping[str, Any], rng: np.random.Generator,
-              key: str) -> np.ndarray:
+def _simulate(gt_stored: np.ndarray, attrs: Mapping[str, Any],
+              rng: np.random.Generator) -> np.ndarray:
     """Degrade a clean-only crop with the simulator named in its meta -> lq in [0, 1]."""
     from medrestore.degradations.simulators import simulate
     from medrestore.sample import Normalisation
@@ -171,7 +171,7 @@ def pair_to_unit(lq: np.ndarray | None, gt: np.ndarray, attrs: Mapping[str, Any]
     if lq is None:
         if rng is None:
             raise ConfigError(f"{attrs['key']}: clean-only sample read without a random stream")
-        return _simulate(gt, attrs, rng, attrs["key"]), gt_u
+        return _simulate(gt, attrs, rng), gt_u
     lq_u = to_unit(lq, storage, meta)
     if lq_u.shape != gt_u.shape and upsample_lq:
         lq_u = _upsample(lq_u, gt_u.shape[-2:])

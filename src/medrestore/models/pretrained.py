@@ -77,6 +77,21 @@ def official_converter(arch: str):
     return None
 
 
+def read_weights(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` of a weights file, with one-line errors naming it."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"model.net.pretrained={p}: no such weights file")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickles with code objects, truncated or foreign files
+        first = (str(exc).splitlines() or [""])[0][:120]
+        raise ConfigError(f"{p}: not a loadable weights file ({type(exc).__name__}: {first})"
+                          ) from None
+
+
 def load_pretrained(net: Any, path: str | os.PathLike, fmt: str = "medrestore",
                     arch: str | None = None) -> None:
     import torch
@@ -84,14 +99,7 @@ def load_pretrained(net: Any, path: str | os.PathLike, fmt: str = "medrestore",
     if fmt not in FORMATS:
         raise ConfigError(f"model.net.pretrained_format={fmt!r}; expected one of {FORMATS}")
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"model.net.pretrained={p}: no such weights file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickles with code objects, truncated files
-        raise ConfigError(f"{p}: not a loadable weights file ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:120]})") from None
-    sd = unwrap_state_dict(obj, str(p))
+    sd = unwrap_state_dict(read_weights(p), str(p))
     if fmt == "official" and arch is not None:
         convert = official_converter(arch)
         if convert is not None:

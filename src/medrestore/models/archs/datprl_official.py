@@ -140,20 +140,12 @@ def load_pretrained(
     ``"medrestore"`` expects our own layout (a ``net.state_dict()`` or a Lightning checkpoint).
     The file is read with ``torch.load(weights_only=True)`` (no code execution).
     """
-    import torch
+    from medrestore.models.pretrained import read_weights
 
     if format not in ("official", "medrestore"):
         raise ConfigError(f"pretrained format={format!r}; expected 'official' or 'medrestore'")
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such weights file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickled code objects, truncated or foreign files
-        first = (str(exc).splitlines() or [""])[0][:120]
-        raise ConfigError(f"{p}: not a loadable weights file ({type(exc).__name__}: {first})"
-                          ) from None
-    sd = extract_state_dict(obj, str(p), param_key)
+    sd = extract_state_dict(read_weights(p), str(p), param_key)
     if format == "official":
         sd = convert_official_state_dict(sd)
     message = _mismatch_message(model, sd, str(p))
