@@ -116,3 +116,7 @@ def test_datprl_demo_recipe_trains_tat_with_one_override(tmp_path, toy_shard):
     dm, tm = instantiate(d.model, _recursive_=False), instantiate(t.model, _recursive_=False)
     assert isinstance(dm, DATPRLModule) and isinstance(tm, TATModule)
     assert tm.in_channels == dm.in_channels == 3
+    # the tiny TAT's TLC train size follows the crop the recipe trains on
+    assert t.model.net.train_size == t.data.patch_size
+    t96 = compose("train", ["experiment=datprl_demo", "model=tat_tiny", "data.patch_size=96", *base], tmp_path)
+    assert t96.model.net.train_size == 96

@@ -62,3 +62,27 @@ def test_restore_file_writes_the_format_it_read(tmp_path):
     assert np.abs(read_image(same)[0].astype(int) - rgb).max() <= 1
     with pytest.raises(WriteError, match="already exists"):
         r.restore_file(tmp_path / "lr.png", tmp_path / "same.png", task="derain")
+
+
+def test_from_checkpoint_reloads_the_family_that_wrote_it(tmp_path):
+    import pytest
+
+    from medrestore.errors import ConfigError
+    from medrestore.modules.tat import TATModule
+
+    model = TATModule({"name": "tat_tiny", "in_channels": 3, "out_channels": 3, "train_size": 32},
+                      loss={"name": "l1", "balance": "uncertainty"})
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "tat.ckpt")
+    r = Restorer.from_checkpoint(str(tmp_path / "tat.ckpt"))    # σ balancing needs TATModule
+    assert type(r.module) is TATModule and r.module.sigma_net is not None
+    assert r.restore(np.zeros((3, 20, 24), np.float32), task="derain").shape == (3, 20, 24)
+    ckpt = torch.load(tmp_path / "tat.ckpt", weights_only=False)
+    ckpt["medrestore_module"] = "medrestore.modules.tat:NoSuchModule"
+    torch.save(ckpt, tmp_path / "bad.ckpt")
+    with pytest.raises(ConfigError, match="bad.ckpt: medrestore_module="):
+        Restorer.from_checkpoint(str(tmp_path / "bad.ckpt"))
+    del ckpt["medrestore_module"]                 # older checkpoints: family from the arch name
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    assert type(Restorer.from_checkpoint(str(tmp_path / "old.ckpt")).module) is TATModule

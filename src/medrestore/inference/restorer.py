@@ -26,6 +26,34 @@ import torch
 from medrestore.sample import Normalisation, to_native_channels
 
 
+def checkpoint_module_class(path: str | os.PathLike) -> Any:
+    """The LightningModule class that wrote a checkpoint (``medrestore_module`` entry)."""
+    import importlib
+
+    from medrestore.errors import ConfigError
+    from medrestore.modules.restoration import RestorationModule
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such checkpoint file")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    target = ckpt.get("medrestore_module") if isinstance(ckpt, dict) else None
+    if not target:  # written before the entry existed: the family from the architecture name
+        net = (ckpt.get("hyper_parameters") or {}).get("net") or {}
+        arch = str(net.get("name", "")) if isinstance(net, dict) else ""
+        target = {"tat": "medrestore.modules.tat:TATModule",
+                  "datprl": "medrestore.modules.datprl:DATPRLModule"}.get(arch.split("_")[0])
+        if target is None:
+            return RestorationModule
+    module, _, name = str(target).partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"{path}: medrestore_module={target!r} is not an importable class") from None
+    if not (isinstance(cls, type) and issubclass(cls, RestorationModule)):
+        raise ConfigError(f"{path}: medrestore_module={target!r} is not a RestorationModule")
+    return cls
+
+
 class Restorer:
     def __init__(self, module: Any, device: str | torch.device = "cpu") -> None:
         self.module = module.eval().to(device)
@@ -33,9 +61,9 @@ class Restorer:
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", module_class: Any = None) -> "Restorer":
-        from medrestore.modules.restoration import RestorationModule
-
-        cls_ = module_class or RestorationModule
+        """``module_class`` defaults to the LightningModule recorded in the checkpoint
+        (TAT, DATPRL-IR, ...), falling back to :class:`RestorationModule`."""
+        cls_ = module_class or checkpoint_module_class(path)
         return cls(cls_.load_from_checkpoint(path, map_location=device, weights_only=False), device)
 
     @torch.no_grad()

@@ -215,6 +215,11 @@ class RestorationModule(L.LightningModule):
             self.net_ema.load_state_dict(self.net.state_dict())
         self._pretrained_loaded = True
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # which LightningModule wrote it, so tools can reload any family from the file alone
+        cls = type(self)
+        checkpoint["medrestore_module"] = f"{cls.__module__}:{cls.__qualname__}"
+
     @torch.no_grad()
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.net_ema is not None:
