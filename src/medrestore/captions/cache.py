@@ -193,9 +193,10 @@ def _root_attrs(f, fingerprint: Mapping[str, Any], perspectives: Sequence[str], 
     f.attrs["count"] = int(n)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Run ``write(tmp_path)``, fsync, then rename to ``path`` (the directory is fsync'd too)."""
-    tmp = path.with_name(path.name + ".tmp")
+def _atomic_write(path: Path, write, suffix: str = ".tmp") -> None:
+    """Run ``write(tmp_path)``, fsync, then rename to ``path`` (the directory is fsync'd too);
+    ``tmp_path`` is ``path`` + ``suffix``."""
+    tmp = path.with_name(path.name + suffix)
     tmp.unlink(missing_ok=True)
     try:
         write(tmp)
@@ -433,16 +434,7 @@ def merge_files(out: str | os.PathLike, sources: Sequence[str | os.PathLike],
                         d_pool[dst.tolist()] = f["pooled"][sel][back]
                         d_src[dst.tolist()] = np.asarray(f["source"].asstr()[sel][back], dtype=object)
 
-    partial = out.with_name(out.name + ".partial")
-    partial.unlink(missing_ok=True)
-    try:
-        write(partial)
-        _fsync(partial)
-        os.replace(partial, out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    _fsync_dir(out.parent)
+    _atomic_write(out, write, suffix=".partial")
     return n
 
 

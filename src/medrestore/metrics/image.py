@@ -72,25 +72,19 @@ def gaussian_window(size: int = SSIM_KERNEL, sigma: float = SSIM_SIGMA,
     return g[:, None] * g[None, :]
 
 
-def ssim_zero_pad(pred: torch.Tensor, target: torch.Tensor,
-                  data_range: float | torch.Tensor) -> torch.Tensor:
-    """SSIM per image as the pytorch-ssim package computes it (used by the TAT/AMIR
-    evaluation): Gaussian 11×11 window (σ 1.5) applied per channel as a **zero-padded 'same'**
-    convolution, ``C1 = (0.01·range)²``, ``C2 = (0.03·range)²``, mean over the whole map
-    **including the borders** (torchmetrics instead pads by reflection and crops the borders).
-    Computed in float64 on the images as given (physical units)."""
+def _gaussian_ssim_map(pred: torch.Tensor, target: torch.Tensor, r: torch.Tensor,
+                       padding: int) -> torch.Tensor:
+    """B×C×H'×W' SSIM map in float64: Gaussian 11×11 (σ 1.5) per channel, ``C1 = (0.01·r)²``,
+    ``C2 = (0.03·r)²`` with ``r`` one data range per image; ``padding`` 0 = valid region,
+    ``SSIM_KERNEL // 2`` = zero-padded 'same'."""
     import torch.nn.functional as F
 
-    _check(pred, target)
-    r = _per_image_range(data_range, pred.shape[0], pred)
     c = pred.shape[1]
-    w = gaussian_window()
-    w = w.to(pred.device).expand(c, 1, SSIM_KERNEL, SSIM_KERNEL).contiguous()
+    w = gaussian_window().to(pred.device).expand(c, 1, SSIM_KERNEL, SSIM_KERNEL).contiguous()
     p, t = pred.double(), target.double()
-    pad = SSIM_KERNEL // 2
 
     def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, w, padding=pad, groups=c)
+        return F.conv2d(x, w, padding=padding, groups=c)
 
     mu_p, mu_t = blur(p), blur(t)
     var_p = blur(p * p) - mu_p**2
@@ -98,7 +92,19 @@ def ssim_zero_pad(pred: torch.Tensor, target: torch.Tensor,
     cov = blur(p * t) - mu_p * mu_t
     c1 = ((0.01 * r) ** 2).view(-1, 1, 1, 1)
     c2 = ((0.03 * r) ** 2).view(-1, 1, 1, 1)
-    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+    return ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+
+
+def ssim_zero_pad(pred: torch.Tensor, target: torch.Tensor,
+                  data_range: float | torch.Tensor) -> torch.Tensor:
+    """SSIM per image as the pytorch-ssim package computes it (used by the TAT/AMIR
+    evaluation): Gaussian 11×11 window (σ 1.5) applied per channel as a **zero-padded 'same'**
+    convolution, ``C1 = (0.01·range)²``, ``C2 = (0.03·range)²``, mean over the whole map
+    **including the borders** (torchmetrics instead pads by reflection and crops the borders).
+    Computed in float64 on the images as given (physical units)."""
+    _check(pred, target)
+    r = _per_image_range(data_range, pred.shape[0], pred)
+    ssim_map = _gaussian_ssim_map(pred, target, r, padding=SSIM_KERNEL // 2)
     return ssim_map.flatten(1).mean(1).float()
 
 
@@ -108,27 +114,12 @@ def ssim_valid(pred: torch.Tensor, target: torch.Tensor,
     (σ 1.5) filtering on the **valid** region only (the 5-pixel border of the map is dropped),
     ``C1 = (0.01·range)²``, ``C2 = (0.03·range)²``, mean of the map, then mean over channels.
     Float64. Images must be at least 11×11."""
-    import torch.nn.functional as F
-
     _check(pred, target)
     if min(pred.shape[-2:]) < SSIM_KERNEL:
         raise ValueError(f"ssim_valid needs images of at least {SSIM_KERNEL}×{SSIM_KERNEL}, "
                          f"got {tuple(pred.shape[-2:])}")
     r = _per_image_range(data_range, pred.shape[0], pred)
-    c = pred.shape[1]
-    w = gaussian_window().to(pred.device).expand(c, 1, SSIM_KERNEL, SSIM_KERNEL).contiguous()
-    p, t = pred.double(), target.double()
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, w, groups=c)
-
-    mu_p, mu_t = blur(p), blur(t)
-    var_p = blur(p * p) - mu_p**2
-    var_t = blur(t * t) - mu_t**2
-    cov = blur(p * t) - mu_p * mu_t
-    c1 = ((0.01 * r) ** 2).view(-1, 1, 1, 1)
-    c2 = ((0.03 * r) ** 2).view(-1, 1, 1, 1)
-    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+    ssim_map = _gaussian_ssim_map(pred, target, r, padding=0)
     return ssim_map.flatten(2).mean(2).mean(1).float()
 
 
