@@ -24,9 +24,11 @@ def test_groups_required_by_the_design_exist():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_builds(experiment, tmp_path, toy_shard):
     # the toy shard lacks some demo tasks, so per-task sampling weights are dropped here; GPU
-    # recipes are built on the CPU trainer and without their caption caches
+    # recipes are built on the CPU trainer and without their caption caches; the toy images
+    # (48², 40×56) are smaller than the recipes' patches, hence pad_small
     cfg = compose("train", [f"experiment={experiment}", f"data.sets=[{toy_shard}]",
                             "data.weights=null", "data.balance=equal", "trainer=cpu",
+                            "data.pad_small=true",
                             "data.text_cache=null", "data.num_workers=0", "data.pin_memory=false"],
                   tmp_path)
     model = instantiate(cfg.model, _recursive_=False)

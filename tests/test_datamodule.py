@@ -169,7 +169,7 @@ def test_patches_are_deterministic_and_picklable(toy_shard):
 
 def test_patch_larger_than_image_is_reflect_padded(tmp_path):
     shard = write_toy_shard(tmp_path / "small.h5", sizes=((20, 24),), tasks=("ct_denoise",))
-    s = _patches(shard)[(0, 0)]
+    s = _patches(shard, pad_small=True)[(0, 0)]   # opt-in (default: an error, tested below)
     assert s["lq"].shape == (1, 32, 32)
 
 
@@ -288,7 +288,8 @@ def test_datamodule_batches_and_config_errors(toy_shard, tmp_path):
     assert batch["lq"].shape == (6, 3, 32, 32)
     assert Counter(batch["task"]) == {t: 2 for t in TOY_TASKS}
     assert len(dm.val_dataloader()) == len(TOY_TASKS)
-    default_epoch = MultiTaskDataModule([{"shard": str(toy_shard), "repeat": 5}], batch_size=6)
+    default_epoch = MultiTaskDataModule([{"shard": str(toy_shard), "repeat": 5}], batch_size=6,
+                                        patch_size=32)
     assert len(default_epoch.train_sampler()) == 10          # 3 tasks × 4 images × 5 / 6
     with pytest.raises(ConfigError, match="no 'train' samples"):
         MultiTaskDataModule([str(toy_shard)], tasks=["deblur"]).setup("fit")
@@ -296,3 +297,30 @@ def test_datamodule_batches_and_config_errors(toy_shard, tmp_path):
         MultiTaskDataModule([str(tmp_path / "nope.h5")]).setup("fit")
     with pytest.raises(ConfigError, match="data.weights names"):
         MultiTaskDataModule([str(toy_shard)], weights={"derain": 2}).setup("fit")
+
+
+# ------------------------------------------------------------------ impossible data settings
+def test_patch_larger_than_smallest_training_image_is_refused(toy_shard):
+    with pytest.raises(ConfigError, match=r"data.patch_size=1024 is larger than the smallest "
+                       r"training image toy\.\w+\.train1 \(40×56, .*toy.h5\).*data.pad_small=true"):
+        MultiTaskDataModule([str(toy_shard)], patch_size=1024).setup("fit")
+    dm = MultiTaskDataModule([str(toy_shard)], patch_size=48, batch_size=3, pad_small=True)
+    assert dm.dataset("train")[(1, 0)]["gt"].shape[-2:] == (48, 48)   # 40×56 padded
+
+
+@pytest.mark.parametrize("option, value", [
+    ("batch_size", 0), ("batch_size", -6), ("patch_size", 0), ("patch_size", -32),
+    ("samples_per_epoch", 0), ("samples_per_epoch", -1), ("val_batch_size", 0),
+    ("test_batch_size", -1), ("num_workers", -1), ("batch_size", 2.5)])
+def test_impossible_sizes_are_one_config_error(toy_shard, option, value):
+    with pytest.raises(ConfigError, match=rf"^data\.{option}={value}; expected an integer >= "):
+        MultiTaskDataModule([str(toy_shard)], **{option: value})
+
+
+def test_eval_images_smaller_than_the_ssim_window_are_refused(tmp_path):
+    shard = write_toy_shard(tmp_path / "dots.h5", sizes=((2, 3),), tasks=("ct_denoise",))
+    for stage, split in (("validate", "val"), ("test", "test")):
+        with pytest.raises(ConfigError, match=rf"dots.h5: {split} sample toy.ct_denoise.{split}0 "
+                           r"is 2×3, smaller than the 11×11 SSIM window"):
+            MultiTaskDataModule([str(shard)], patch_size=1).setup(stage)
+    MultiTaskDataModule([str(shard)], patch_size=1).setup("predict")   # nothing is scored

@@ -78,7 +78,7 @@ def test_from_checkpoint_reloads_the_family_that_wrote_it(tmp_path):
     r = Restorer.from_checkpoint(str(tmp_path / "tat.ckpt"))    # σ balancing needs TATModule
     assert type(r.module) is TATModule and r.module.sigma_net is not None
     assert r.restore(np.zeros((3, 20, 24), np.float32), task="derain").shape == (3, 20, 24)
-    ckpt = torch.load(tmp_path / "tat.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "tat.ckpt", weights_only=True)
     ckpt["medrestore_module"] = "medrestore.modules.tat:NoSuchModule"
     torch.save(ckpt, tmp_path / "bad.ckpt")
     with pytest.raises(ConfigError, match="bad.ckpt: medrestore_module="):

@@ -63,8 +63,9 @@ def test_per_task_mean_and_unweighted_domain_mean():
     m = PerTaskMean()
     ids = torch.tensor([task_index("ct_denoise")] * 3 + [task_index("mri_sr"), task_index("derain")])
     m.update(torch.tensor([30.0, 32.0, 34.0, 20.0, 25.0]), ids)
-    mean, count = m.compute()
-    out = summarise({"psnr": mean}, count)
+    mean, count, nonfinite = m.compute()
+    assert nonfinite.sum().item() == 0
+    out = summarise({"psnr": mean}, count, nonfinite)
     assert out["ct_denoise/psnr"] == pytest.approx(32.0)
     assert out["medical/psnr"] == pytest.approx((32.0 + 20.0) / 2)   # mean of task means
     assert out["mean/psnr"] == pytest.approx((32.0 + 20.0 + 25.0) / 3)
@@ -76,3 +77,29 @@ def test_infinite_psnr_is_capped():
     m = PerTaskMean()
     m.update(torch.tensor([float("inf"), 40.0]), torch.tensor([0, 0]))
     assert m.compute()[0][0].item() == pytest.approx(70.0)
+
+
+def test_nan_score_stays_nan_and_is_counted():
+    # a NaN pixel must never score the cap (it used to be replaced by 100 dB)
+    m = PerTaskMean()
+    ct, mri = task_index("ct_denoise"), task_index("mri_sr")
+    m.update(torch.tensor([float("nan"), 40.0, 30.0]), torch.tensor([ct, ct, mri]))
+    mean, count, nonfinite = m.compute()
+    assert torch.isnan(mean[ct]) and mean[mri].item() == pytest.approx(30.0)
+    assert nonfinite[ct].item() == 1 and nonfinite[mri].item() == 0
+    out = summarise({"psnr": mean}, count, nonfinite)
+    assert math.isnan(out["ct_denoise/psnr"]) and math.isnan(out["medical/psnr"])
+    assert math.isnan(out["mean/psnr"]) and out["ct_denoise/nonfinite"] == 1
+
+
+def test_psnr_of_nan_output_is_nan_in_every_protocol():
+    from medrestore.metrics.protocols import PROTOCOLS
+    from medrestore.sample import make_meta
+
+    gt = torch.rand(1, 32, 32)
+    pred = gt.clone()
+    pred[0, 3, 4] = float("nan")
+    meta = make_meta("ct_denoise", source="t", split="test")
+    for name in ("normalised", "tat", "datprl"):
+        scores = PROTOCOLS.get(name)(pred, gt, meta)
+        assert math.isnan(float(scores["psnr"])), name

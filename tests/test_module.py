@@ -121,7 +121,7 @@ def test_checkpoint_is_self_describing(tmp_path, toy_shard):
     trainer.fit(model, dm)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
-    loaded = RestorationModule.load_from_checkpoint(path, weights_only=False)
+    loaded = RestorationModule.load_from_checkpoint(path, weights_only=True)
     assert loaded.hparams.net["name"] == "restormer_tiny"
     x = torch.rand(1, 3, 24, 24)
     model.eval()

@@ -52,7 +52,7 @@ def test_train_fit_test_and_outputs(tmp_path, toy_shard):
     import torch
 
     weights = tmp_path / "released.pth"
-    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     torch.save({"params": {k[len("net."):]: v for k, v in last["state_dict"].items()
                            if k.startswith("net.")}}, weights)
     cfg4 = compose("eval", [f"data.sets=[{toy_shard}]", "model=restormer_tiny",

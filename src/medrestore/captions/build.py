@@ -106,6 +106,7 @@ def build_cache(out: str | os.PathLike, images: Sequence[ImageRef], captioner, e
     with CacheWriter(path, fp, perspectives, encoder.dim, overwrite=overwrite,
                      flush_every=flush_every) as writer:
         todo = [r for r in mine if r.key not in writer.done]
+        _check_space(path, len(todo), len(mine), len(perspectives), encoder.dim)
         bar = None
         if progress and todo:
             import sys
@@ -137,6 +138,20 @@ def build_cache(out: str | os.PathLike, images: Sequence[ImageRef], captioner, e
     return {"path": str(path), "total": len(mine), "computed": len(todo),
             "count": read_header(path)["count"], "seconds": time.perf_counter() - t0,
             "fingerprint_id": fingerprint_id(fp)}
+
+
+def _check_space(path: Path, todo: int, total: int, n_perspectives: int, dim: int) -> None:
+    """Refuse up front when the cache cannot fit: the new rows go to part files, then every
+    row is copied once more into the merged file (float32 per-perspective and pooled
+    embeddings, plus about 256 bytes of caption text per perspective)."""
+    from medrestore.captions.cache import CacheError
+    from medrestore.io.base import ensure_free_space
+
+    if todo == 0:
+        return
+    row = (n_perspectives + 1) * dim * 4 + 256 * n_perspectives
+    ensure_free_space(path, (todo + total) * row, CacheError,
+                      f"{todo} new entries of {n_perspectives} x {dim}-d embeddings")
 
 
 def _encode(encoder, texts: list[str], memo: dict[str, Any], limit: int = 50_000):

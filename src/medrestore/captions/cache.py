@@ -25,7 +25,9 @@ When every entry is done, the old cache (if any) and the parts are merged into
 last (a crash in between only leaves duplicates that the next merge skips). ``state.json`` in the
 parts folder records the fingerprint of the unfinished build, so a rerun with another captioner
 or encoder refuses to mix (``overwrite=True`` discards it and rebuilds), and an ``flock`` keeps two
-builders off the same folder.
+builders off the same folder. A full disk (or a file-size limit) is one :class:`CacheError`
+line: the part or ``.partial`` being written is removed, the complete parts and the old cache
+stay, and a rerun with more space resumes.
 
 Readers (:class:`TextCache`) open the file read-only and lazily, one handle per process id, so a
 forked DataLoader worker never reuses its parent's handle.
@@ -164,10 +166,13 @@ def _write_file(path: Path, entries: Sequence[Mapping[str, Any]], fingerprint: M
     """Write complete entries to ``path`` (any previous file there is replaced)."""
     import h5py
 
+    from medrestore.io.hdf5 import h5_create
+
     entries = sorted(entries, key=lambda e: e["key"])
     n, p = len(entries), len(perspectives)
     s = h5py.string_dtype()
-    with h5py.File(path, "w") as f:
+    shown = path.with_suffix("") if path.suffix == ".tmp" else path   # the part being made
+    with h5_create(path, CacheError, shown=shown) as f:   # a full disk: one line, no crash
         _root_attrs(f, fingerprint, perspectives, dim, n)
         f.create_dataset("keys", data=np.array([e["key"] for e in entries], dtype=object), dtype=s)
         caps = np.empty((n, p), dtype=object)
@@ -196,12 +201,17 @@ def _root_attrs(f, fingerprint: Mapping[str, Any], perspectives: Sequence[str], 
 def _atomic_write(path: Path, write, suffix: str = ".tmp") -> None:
     """Run ``write(tmp_path)``, fsync, then rename to ``path`` (the directory is fsync'd too);
     ``tmp_path`` is ``path`` + ``suffix``."""
+    from medrestore.io.base import write_failed
+
     tmp = path.with_name(path.name + suffix)
     tmp.unlink(missing_ok=True)
     try:
         write(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as exc:   # full disk, size limit, ...: one line, nothing half-written left
+        tmp.unlink(missing_ok=True)
+        raise CacheError(write_failed(path, exc)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -405,8 +415,10 @@ def merge_files(out: str | os.PathLike, sources: Sequence[str | os.PathLike],
     n, p = len(keys), len(perspectives)
 
     def write(tmp: Path) -> None:
+        from medrestore.io.hdf5 import h5_create
+
         st = h5py.string_dtype()
-        with h5py.File(tmp, "w") as g:
+        with h5_create(tmp, CacheError, shown=out) as g:
             _root_attrs(g, fp, perspectives, dim, n)
             g.create_dataset("keys", data=np.array(keys, dtype=object), dtype=st, shape=(n,))
             d_caps = g.create_dataset("captions", shape=(n, p), dtype=st)
@@ -473,10 +485,18 @@ class CacheWriter:
 
     # -- opening ---------------------------------------------------------------------------
     def __enter__(self) -> "CacheWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock()  # before anything in the parts folder is read or removed
+        from medrestore.io.base import write_failed
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock()  # before anything in the parts folder is read or removed
+        except OSError as exc:  # e.g. no room left for the lock file
+            raise CacheError(write_failed(self.lock_file, exc)) from None
         try:
             return self._open()
+        except OSError as exc:
+            self._unlock(remove=True)
+            raise CacheError(write_failed(self.parts, exc)) from None
         except BaseException:
             self._unlock(remove=True)
             raise
@@ -614,5 +634,10 @@ class CacheWriter:
                 # keep what is complete: flush the buffer so a rerun resumes from here
                 with contextlib.suppress(Exception):
                     self.flush()
+                # a parts folder without parts holds nothing to resume: leave no clutter
+                # (e.g. after the free-space check refused the build)
+                with contextlib.suppress(OSError):
+                    if self.parts.exists() and not self._part_files():
+                        shutil.rmtree(self.parts)
         finally:
             self._unlock(remove=True)

@@ -21,7 +21,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from hydra.utils import instantiate
 
     from medrestore.cli.common import build_trainer, report
+    from medrestore.utils.validate import validate_run_config
 
+    validate_run_config(cfg)
+    ckpt_path = cfg.get("ckpt_path") or None
+    if ckpt_path:  # refuse a file that would run code, or is not ours, before any work
+        from medrestore.modules.checkpoint import read_module_checkpoint
+
+        read_module_checkpoint(ckpt_path, "ckpt_path")
     out_dir = Path(cfg.paths.output_dir)
     print_config(cfg, out_dir / "config_resolved.yaml")
     if cfg.get("seed") is not None:
@@ -36,7 +43,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         lg.log_hyperparams({"cfg": _container(cfg), "model/params_total": n_params})
 
     if cfg.get("train", True):
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test", False):
@@ -47,7 +54,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             rank_zero_info(f"testing best checkpoint {ckpt}")
         else:
             rank_zero_info("testing the current weights (no best checkpoint)")
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False,
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True,
                      verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         report(trainer, datamodule, "test", out_dir,

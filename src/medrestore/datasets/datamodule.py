@@ -8,6 +8,18 @@ It owns its samplers (trainer configs set ``use_distributed_sampler: false``).
 With ``text_cache`` (a file built by ``medrestore-cache build``) every train/val/test sample
 carries ``text_emb``, the pooled caption embedding of its clean image; only the cache file is
 read, never a captioner or text encoder.
+
+Exact resume, mid-epoch included: the training loader is a :class:`ResumableLoader`, whose
+state is the epoch and how many of its batches Lightning has taken. The DataModule saves that
+state in its own checkpoint section (``state_dict``) and hands it to the loader it builds when
+a fit resumes (``load_state_dict``); the batch sampler then skips those batches
+(:meth:`~medrestore.datasets.samplers.BalancedBatchSampler.resume_at`, no data is read), and
+since crops, augmentation and simulation are seeded by the draw ids, the rest of the epoch is
+the uninterrupted run's, with any ``num_workers``. (Lightning's own restore of loader states
+is skipped when the loader was built before the checkpoint's loops were restored, as
+``estimated_stepping_batches`` in ``configure_optimizers`` does; the loader still follows
+Lightning's stateful protocol, so Lightning knows it is resumable.) The global RNG states are
+restored by :class:`medrestore.modules.resume.RngState`.
 """
 
 from __future__ import annotations
@@ -16,12 +28,66 @@ import os
 from typing import Any, Mapping, Sequence
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from medrestore.datasets.pairs import ShardPairs, TrainPatches, load_sets, normalise_sets
 from medrestore.datasets.samplers import BalancedBatchSampler, StridedEvalSampler, group_rows
 from medrestore.errors import ConfigError
 from medrestore.sample import collate_samples
+
+
+def _check_scoreable(rows: Sequence[Mapping[str, Any]], split: str) -> None:
+    """Val / test images must hold the SSIM window (smaller ones fail inside the metric)."""
+    from medrestore.metrics.image import SSIM_KERNEL
+
+    for r in rows:
+        h, w = r["shape"][-2:]
+        if min(h, w) < SSIM_KERNEL:
+            raise ConfigError(f"{r['shard']}: {split} sample {r['key']} is {h}×{w}, smaller than "
+                              f"the {SSIM_KERNEL}×{SSIM_KERNEL} SSIM window; scored images need "
+                              f"at least {SSIM_KERNEL} pixels a side")
+
+
+class ResumableLoader(DataLoader):
+    """The training ``DataLoader``: counts the batches Lightning takes from it, and resumes a
+    pass part-way through (see the module docstring).
+
+    ``state_dict()`` is ``{"epoch", "batches"}``, the batches counted where Lightning takes
+    them. That is exactly what it has trained on when a checkpoint is written: Lightning's
+    fetcher does not prefetch from a loader with a length, and what worker processes prefetch
+    from the sampler is not counted. ``load_state_dict`` makes the next pass over that epoch
+    start there (any other epoch starts at its beginning).
+
+    A pass begins (``iter(batch_sampler)``, where workers prefetch) at its first batch, not when
+    ``iter()`` is called, because Lightning creates the resumed epoch's iterator before it calls
+    ``set_epoch``. The loader has its own ``generator`` (the worker base seed), reseeded from
+    ``(seed, epoch)`` per pass, so iterating never draws from the global torch RNG, whose state
+    is restored from the checkpoint."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch, self._taken = 0, 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches taken), used once
+
+    def __iter__(self):
+        sampler = self.batch_sampler
+        epoch = int(sampler.epoch)
+        taken = self._resume[1] if self._resume and self._resume[0] == epoch else 0
+        self._resume = None
+        sampler.resume_at(epoch, taken)
+        if self.generator is not None:
+            self.generator.manual_seed((int(sampler.seed) * 1_000_003 + epoch) % 2**63)
+        self._epoch, self._taken = epoch, taken
+        for batch in super().__iter__():
+            self._taken += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self._epoch), "batches": int(self._taken)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches"]))
 
 
 class MultiTaskDataModule(L.LightningDataModule):
@@ -31,7 +97,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         sets: shard path(s), or dicts ``{shard, tasks: null|[...], repeat: 1, name: null}``;
             ``repeat`` is the per-dataset repeat factor (DATPRL: DF2K ×12, UCMerced ×22, …).
         tasks: keep only these task ids (``None`` = every task in the sets).
-        patch_size: square training crop on the GT grid (a multiple of any stored SR scale).
+        patch_size: square training crop on the GT grid (a multiple of any stored SR scale),
+            at most the smallest training image's side unless ``pad_small``.
+        pad_small: reflect-pad crops of training images smaller than the patch (default: such
+            an image is an error naming it).
         batch_size: **global** training batch, divided by the world size (must divide evenly).
         balance: ``equal`` (every group ``b // G`` per batch, remainders by ``weights``),
             ``weighted`` (all slots by ``weights``) or ``none`` (concatenated pools).
@@ -41,7 +110,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             the repeated pools, like a BasicSR epoch over repeated datasets).
         augment: random rot90 + flip of training patches.
         upsample_lq: bring low-resolution SR inputs to the GT grid (scale-1 networks).
-        val_batch_size / test_batch_size: full images of different sizes need 1.
+        val_batch_size / test_batch_size: full images of different sizes need 1. Val / test
+            images must be at least the SSIM window (11×11) a side (checked at setup).
         text_cache: a caption cache (:mod:`medrestore.captions.cache`); adds ``text_emb``
             (float32, the pooled embedding, looked up by ``key``) to every sample. Every key of
             a split must have an entry (a missing one is an error naming key and cache).
@@ -57,8 +127,19 @@ class MultiTaskDataModule(L.LightningDataModule):
                  pin_memory: bool = False, val_batch_size: int = 1, test_batch_size: int = 1,
                  seed: int = 0, val_split: str = "val", test_split: str = "test",
                  predict_split: str = "test", text_cache: str | os.PathLike | None = None,
-                 text_dim: int | None = None) -> None:
+                 text_dim: int | None = None, pad_small: bool = False) -> None:
         super().__init__()
+        for name, value, low in (("patch_size", patch_size, 1), ("batch_size", batch_size, 1),
+                                 ("samples_per_epoch", samples_per_epoch, 1),
+                                 ("val_batch_size", val_batch_size, 1),
+                                 ("test_batch_size", test_batch_size, 1),
+                                 ("num_workers", num_workers, 0)):
+            try:
+                ok = value is None or (int(value) == value and value >= low)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"data.{name}={value}; expected an integer >= {low}")
         self.sets = normalise_sets(sets, tasks)
         self.tasks = list(tasks) if tasks is not None else None
         self.patch_size, self.batch_size = int(patch_size), int(batch_size)
@@ -68,7 +149,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.augment, self.upsample_lq = bool(augment), bool(upsample_lq)
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
         self.val_batch_size, self.test_batch_size = int(val_batch_size), int(test_batch_size)
-        self.seed = int(seed)
+        self.seed, self.pad_small = int(seed), bool(pad_small)
         self.splits = {"val": val_split, "test": test_split, "predict": predict_split}
         self.batch_size_per_device = self.batch_size
         self._sets: dict[str, Any] = {}
@@ -76,6 +157,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.text_cache_path = None if text_cache in (None, "") else str(text_cache)
         self.expected_text_dim = None if text_dim is None else int(text_dim)
         self._text = None
+        self._train_loader: ResumableLoader | None = None
+        self._train_resume: dict[str, int] | None = None  # from a checkpoint, until fit ends
         if self.text_cache_path is None and text_dim is not None:
             raise ConfigError(f"data.text_dim={text_dim} is set but data.text_cache is not")
 
@@ -124,14 +207,17 @@ class MultiTaskDataModule(L.LightningDataModule):
             self._groups = (names, pools)
             self._sets["train"] = TrainPatches(rows, self.patch_size, augment=self.augment,
                                                seed=self.seed, upsample_lq=self.upsample_lq,
-                                               text_cache=self.text_cache())
+                                               text_cache=self.text_cache(),
+                                               pad_small=self.pad_small)
         for name, needed in (("val", stage in (None, "fit", "validate")),
                              ("test", stage in (None, "test")),
                              ("predict", stage in (None, "predict"))):
             if needed and name not in self._sets:
-                self._sets[name] = ShardPairs(self.sets, self.splits[name],
-                                              upsample_lq=self.upsample_lq,
-                                              text_cache=self.text_cache())
+                ds = ShardPairs(self.sets, self.splits[name], upsample_lq=self.upsample_lq,
+                                text_cache=self.text_cache())
+                if name != "predict":
+                    _check_scoreable(ds.rows, self.splits[name])
+                self._sets[name] = ds
 
     def dataset(self, name: str):
         if name not in self._sets:
@@ -161,10 +247,30 @@ class MultiTaskDataModule(L.LightningDataModule):
         return {"num_workers": self.num_workers, "collate_fn": collate_samples,
                 "pin_memory": self.pin_memory, "persistent_workers": self.num_workers > 0}
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         rank, world = self._rank_world()
-        return DataLoader(self.dataset("train"), batch_sampler=self.train_sampler(rank, world),
-                          **self._workers())
+        loader = ResumableLoader(self.dataset("train"), batch_sampler=self.train_sampler(rank, world),
+                                 generator=torch.Generator(), **self._workers())
+        if self._train_resume is not None:
+            loader.load_state_dict(self._train_resume)
+        self._train_loader = loader
+        return loader
+
+    # -- checkpoint state (see the module docstring) ----------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self._train_loader is None:
+            return {}
+        return {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        trainer = getattr(self, "trainer", None)
+        fitting = trainer is None or trainer.state.fn == "fit"  # test / validate restore it too
+        if "train_loader" in state_dict and fitting:
+            self._train_resume = {k: int(v) for k, v in state_dict["train_loader"].items()}
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":  # a later fit of this DataModule starts where it is told to
+            self._train_resume = None
 
     def _eval_loader(self, name: str, batch_size: int) -> DataLoader:
         rank, world = self._rank_world()

@@ -501,6 +501,9 @@ def _chw(x: np.ndarray) -> np.ndarray:
     return x[None] if x.ndim == 2 else np.ascontiguousarray(np.moveaxis(x, -1, 0))
 
 
+DEMO_BYTES_AT_256 = 160_000_000   # measured 129 MB, plus a margin
+
+
 def build_demo(out: str | Path, seed: int = 0, overwrite: bool = False, max_side: int = 256,
                progress: bool = True, settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Build the demo shard at ``out`` from images shipped in installed packages.
@@ -510,13 +513,17 @@ def build_demo(out: str | Path, seed: int = 0, overwrite: bool = False, max_side
     ``notes``. Refuses to replace an existing file unless ``overwrite``; the shard is written
     atomically (an interrupted build leaves nothing under ``out``)."""
     from medrestore.degradations.rng import keyed_rng
-    from medrestore.io.hdf5 import PairWriter
+    from medrestore.io.base import ensure_free_space
+    from medrestore.io.hdf5 import PairWriter, ShardError
 
     t0 = time.perf_counter()
     if int(max_side) < 32:
         raise ConfigError(f"max_side must be >= 32 pixels, got {max_side}")
     settings = _merge_settings(settings)
     writer = PairWriter(out, overwrite=overwrite)          # refuses an existing file up front
+    # the shard is ~129 MB at max_side 256 (float32, lzf) and grows with the pixel count
+    ensure_free_space(out, int(DEMO_BYTES_AT_256 * (int(max_side) / 256) ** 2), ShardError,
+                      f"the demo shard at --max-side {int(max_side)}")
     check_sources()
 
     clean: dict[str, list[CleanImage]] = {

@@ -228,20 +228,35 @@ class ShardPairs(Dataset):
 class TrainPatches(Dataset):
     """Paired random crops of the training rows, addressed by ``(row_index, draw)``.
 
-    ``patch_size`` is on the GT grid and must be a multiple of every stored scale. Images
-    smaller than the patch are reflect-padded (both alike). ``augment`` adds a random rot90 and
-    horizontal flip (the BasicSR/DATPRL augmentation). ``text_cache`` adds ``text_emb`` (see
-    the module docstring)."""
+    ``patch_size`` is on the GT grid and must be a multiple of every stored scale. A patch
+    larger than the smallest training image is an error naming that image, unless
+    ``pad_small`` is set: then crops of smaller images are reflect-padded (both alike) up to the
+    patch. ``augment`` adds a random rot90 and horizontal flip (the BasicSR/DATPRL
+    augmentation). ``text_cache`` adds ``text_emb`` (see the module docstring)."""
 
     def __init__(self, rows: Sequence[Mapping[str, Any]], patch_size: int, augment: bool = False,
-                 seed: int = 0, upsample_lq: bool = True, text_cache: Any = None) -> None:
+                 seed: int = 0, upsample_lq: bool = True, text_cache: Any = None,
+                 pad_small: bool = False) -> None:
         self.rows = list(rows)
         self.patch_size, self.augment, self.seed = int(patch_size), augment, int(seed)
         self.upsample_lq = upsample_lq
+        if self.patch_size < 1:
+            raise ConfigError(f"data.patch_size={self.patch_size}; expected a positive number of "
+                              "pixels")
         bad = sorted({r["scale"] for r in self.rows if self.patch_size % r["scale"]})
         if bad:
             raise ConfigError(f"data.patch_size={self.patch_size} is not a multiple of the stored "
                               f"SR scale(s) {bad}; scale-aware crops need whole LR pixels")
+        if self.rows and not pad_small:
+            # padding is opt-in: a patch far above the images silently pads every crop (and
+            # once grew a run to tens of GB)
+            small = min(self.rows, key=lambda r: min(r["shape"][-2:]))
+            h, w = small["shape"][-2:]
+            if self.patch_size > min(h, w):
+                raise ConfigError(
+                    f"data.patch_size={self.patch_size} is larger than the smallest training "
+                    f"image {small['key']} ({h}×{w}, {small['shard']}); lower data.patch_size "
+                    "or set data.pad_small=true to reflect-pad smaller crops")
         self.reader = _ShardReader(sorted({r["shard"] for r in self.rows}))
         self.text_cache = open_text_cache(text_cache, self.rows, "the training rows")
 

@@ -19,7 +19,15 @@ items for :class:`~medrestore.datasets.pairs.TrainPatches`:
   its crop, flips and on-the-fly degradation, so nothing depends on worker count or timing.
 
 The epoch has ``num_batches`` steps (default ``ceil(sum of pools / global batch)``); Lightning
-calls :meth:`set_epoch` before each epoch, which reshuffles.
+calls :meth:`set_epoch` before each epoch, which reshuffles (it looks for ``set_epoch`` on a
+loader's ``sampler`` and ``batch_sampler.sampler`` only, so the batch sampler is its own
+``sampler``).
+
+* **Resuming mid-epoch.** Everything above is a function of ``(seed, epoch, rank, world)``, so
+  :meth:`resume_at` ``(epoch, k)`` makes the next pass over ``epoch`` skip its first ``k``
+  batches (streams advanced, no data read) and yield exactly the rest of the uninterrupted
+  epoch. The DataModule's :class:`~medrestore.datasets.datamodule.ResumableLoader` counts the
+  batches Lightning has taken and calls it from a checkpoint.
 
 :class:`StridedEvalSampler` (validation / test): every ``world``-th image from ``rank``, no
 padding, so no image is counted twice in DDP-summed means.
@@ -86,12 +94,27 @@ class BalancedBatchSampler(Sampler[list]):
         self.groups = [np.asarray(g, dtype=np.int64) for g in groups]
         self.batch_size, self.rank, self.world_size = int(batch_size), int(rank), int(world_size)
         self.seed, self.epoch = int(seed), 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip), used once
         total = sum(len(g) for g in self.groups)
         self.num_batches = int(num_batches) if num_batches else \
             max(1, math.ceil(total / (self.batch_size * self.world_size)))
 
+    @property
+    def sampler(self) -> "BalancedBatchSampler":
+        # Lightning calls set_epoch on loader.batch_sampler.sampler, never on a batch sampler
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Make the next pass skip the first ``batches`` batches, if it is over ``epoch``
+        (a pass over any other epoch starts at its beginning and drops the request)."""
+        if not 0 <= int(batches) <= self.num_batches:
+            raise ConfigError(f"cannot resume at batch {batches} of an epoch of "
+                              f"{self.num_batches} batches: the data settings differ from the "
+                              "checkpoint's (data.batch_size / samples_per_epoch / sets)")
+        self._resume = (int(epoch), int(batches))
 
     def __len__(self) -> int:
         return self.num_batches
@@ -117,8 +140,15 @@ class BalancedBatchSampler(Sampler[list]):
             n_pass += 1
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        skip = self._resume[1] if self._resume and self._resume[0] == self.epoch else 0
+        self._resume = None
         streams = [self._stream(k) for k in range(len(self.groups))]
-        for counts in self.compositions():
+        for step, counts in enumerate(self.compositions()):
+            if step < skip:  # consume the skipped batches' stream items, read nothing
+                for k, c in enumerate(counts):
+                    for _ in range(c * self.world_size):
+                        next(streams[k])
+                continue
             batch = []
             for k, c in enumerate(counts):
                 if c == 0:

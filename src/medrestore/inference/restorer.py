@@ -27,31 +27,11 @@ from medrestore.sample import Normalisation, to_native_channels
 
 
 def checkpoint_module_class(path: str | os.PathLike) -> Any:
-    """The LightningModule class that wrote a checkpoint (``medrestore_module`` entry)."""
-    import importlib
+    """The LightningModule class that wrote a checkpoint (``medrestore_module`` entry), read
+    with ``weights_only=True`` (see :mod:`medrestore.modules.checkpoint`)."""
+    from medrestore.modules.checkpoint import module_class_of, read_module_checkpoint
 
-    from medrestore.errors import ConfigError
-    from medrestore.modules.restoration import RestorationModule
-
-    if not Path(path).is_file():
-        raise ConfigError(f"{path}: no such checkpoint file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    target = ckpt.get("medrestore_module") if isinstance(ckpt, dict) else None
-    if not target:  # written before the entry existed: the family from the architecture name
-        net = (ckpt.get("hyper_parameters") or {}).get("net") or {}
-        arch = str(net.get("name", "")) if isinstance(net, dict) else ""
-        target = {"tat": "medrestore.modules.tat:TATModule",
-                  "datprl": "medrestore.modules.datprl:DATPRLModule"}.get(arch.split("_")[0])
-        if target is None:
-            return RestorationModule
-    module, _, name = str(target).partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise ConfigError(f"{path}: medrestore_module={target!r} is not an importable class") from None
-    if not (isinstance(cls, type) and issubclass(cls, RestorationModule)):
-        raise ConfigError(f"{path}: medrestore_module={target!r} is not a RestorationModule")
-    return cls
+    return module_class_of(read_module_checkpoint(path, "checkpoint"), f"checkpoint={path}")
 
 
 class Restorer:
@@ -62,9 +42,11 @@ class Restorer:
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", module_class: Any = None) -> "Restorer":
         """``module_class`` defaults to the LightningModule recorded in the checkpoint
-        (TAT, DATPRL-IR, ...), falling back to :class:`RestorationModule`."""
-        cls_ = module_class or checkpoint_module_class(path)
-        return cls(cls_.load_from_checkpoint(path, map_location=device, weights_only=False), device)
+        (TAT, DATPRL-IR, ...), falling back to :class:`RestorationModule`. The file is read
+        with ``weights_only=True``: a checkpoint that would run code is refused."""
+        from medrestore.modules.checkpoint import load_module
+
+        return cls(load_module(path, "checkpoint", module_class, map_location=device), device)
 
     @torch.no_grad()
     def restore(self, image: np.ndarray, task: str,
@@ -93,14 +75,18 @@ class Restorer:
         scaling. ``scale > 1`` (2-D SR inputs only) first brings the low-resolution image to
         the HR grid with MATLAB-compatible bicubic, as the loaders do; the written spacing is
         divided by ``scale``. Refuses an existing ``dst`` unless ``overwrite``."""
-        from medrestore.datasets.converters.base import window_for
+        from medrestore.datasets.converters.base import check_window, window_for
         from medrestore.io.base import WriteError, read_image, write_image
 
         dst = Path(dst)
         if dst.exists() and not overwrite:  # before the (slow) restoration
             raise WriteError(f"{dst}: already exists; pass overwrite=True to replace it")
         image, meta = read_image(src, reader=reader)
-        norm = Normalisation.from_dict(normalisation or window_for(image.dtype, task))
+        if normalisation is None:  # the default window must hold the data (16-bit photos)
+            normalisation = window_for(image.dtype, task)
+            check_window(image, normalisation, src, hint="pass normalisation={'low': L, 'high': "
+                         "H} for the data's range (e.g. 0 and 65535 for 16 bits)")
+        norm = Normalisation.from_dict(normalisation)
         volume = meta.get("axes") == "zyx"
         x = image.astype(np.float32)
         if scale != 1:

@@ -30,10 +30,14 @@ Every ``meta`` has ``format``, ``path``, ``shape`` (as returned), ``dtype`` (as 
 not JSON (the NIfTI ``header`` object): :func:`jsonable_meta` converts or drops those.
 
 Errors are :class:`ReadError` / :class:`WriteError`, one line naming the file and what is wrong.
+Two checks apply to every format (:func:`read_image`): non-finite pixels (NaN, ±inf) and
+spacings that are not > 0 are errors unless ``nonfinite="fill"`` / ``bad_spacing="unknown"``
+say otherwise.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import math
 import os
@@ -237,8 +241,15 @@ def split_dataset_path(path: str | os.PathLike, dataset: str | None) -> tuple[Pa
     return Path(text), dataset
 
 
-def read_image(path: str | os.PathLike, reader: str | None = None,
-               **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+NONFINITE_MODES = ("error", "fill")
+BAD_SPACING_MODES = ("error", "unknown")
+#: set to 1 to skip the free-space checks of the writers (e.g. on filesystems that misreport)
+SKIP_SPACE_CHECK_ENV = "MEDRESTORE_SKIP_SPACE_CHECK"
+
+
+def read_image(path: str | os.PathLike, reader: str | None = None, *,
+               nonfinite: str = "error", fill_value: float | None = None,
+               bad_spacing: str = "error", **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
     """Read an image file (or DICOM series directory) → ``(array, meta)``.
 
     ``reader`` forces a format by name (``"dicom"``, ``"nifti"``, ``"png"``, ``"jpeg"``,
@@ -247,7 +258,31 @@ def read_image(path: str | os.PathLike, reader: str | None = None,
     PNG/JPEG/TIFF/HDF5/JPEG 2000/NIfTI signatures). ``kwargs`` are the reader's options
     (e.g. ``series_uid=``, ``recursive=``, ``allow_uneven=`` for DICOM; ``dataset=`` for HDF5,
     also spelled ``"file.h5::group/name"``; ``alpha="drop"`` for PNG).
+
+    Options of every format:
+
+    - ``nonfinite``: a float image with NaN or ±inf pixels is a :class:`ReadError` naming the
+      counts (``"error"``, the default); ``"fill"`` replaces them with ``fill_value`` (``None``:
+      the median of the finite pixels) and records the count in ``meta["nonfinite_filled"]``.
+      An image without a single finite pixel is an error either way.
+    - ``bad_spacing``: a spacing that is not > 0 (e.g. a NIfTI ``pixdim`` of 0 or -1) is a
+      :class:`ReadError` (``"error"``, the default); ``"unknown"`` reads such axes as unknown
+      (``None``) and notes it in ``meta["warnings"]``.
     """
+    if nonfinite not in NONFINITE_MODES:
+        raise ReadError(f"{path}: nonfinite must be one of {', '.join(NONFINITE_MODES)}, "
+                        f"got {nonfinite!r}")
+    if bad_spacing not in BAD_SPACING_MODES:
+        raise ReadError(f"{path}: bad_spacing must be one of {', '.join(BAD_SPACING_MODES)}, "
+                        f"got {bad_spacing!r}")
+    if fill_value is not None:
+        try:
+            fill_value = float(fill_value)
+        except (TypeError, ValueError):
+            raise ReadError(f"{path}: fill_value must be a number or None, got "
+                            f"{fill_value!r}") from None
+        if not math.isfinite(fill_value):
+            raise ReadError(f"{path}: fill_value must be finite, got {fill_value}")
     p, dataset = split_dataset_path(path, kwargs.pop("dataset", None))
     if dataset is not None:
         kwargs["dataset"] = dataset
@@ -263,7 +298,67 @@ def read_image(path: str | os.PathLike, reader: str | None = None,
         raise ReadError(f"{p}: is a directory; the {name} reader needs a file")
     impl = get_reader(name)
     _check_options(p, name, kwargs, impl.read_options, ReadError)
-    return impl.read(p, **kwargs)
+    array, meta = impl.read(p, **kwargs)
+    array = _check_nonfinite(p, array, meta, nonfinite, fill_value)
+    _check_spacing(p, meta, bad_spacing)
+    return array, meta
+
+
+def _check_nonfinite(path: Path, array: np.ndarray, meta: dict[str, Any], mode: str,
+                     fill_value: float | None) -> np.ndarray:
+    """NaN / ±inf pixels: an error naming the counts, or filled (``mode="fill"``)."""
+    if array.dtype.kind not in "fc":    # integer and bool pixels cannot be NaN or inf
+        return array
+    finite = np.isfinite(array)
+    if finite.all():
+        return array
+    n_bad = int(finite.size - np.count_nonzero(finite))
+    nan = int(np.count_nonzero(np.isnan(array)))
+    real = array.real if array.dtype.kind == "c" else array
+    pos, neg = int(np.count_nonzero(np.isposinf(real))), int(np.count_nonzero(np.isneginf(real)))
+    counts = f"NaN {nan}, +inf {pos}, -inf {neg}"
+    if n_bad == finite.size:
+        raise ReadError(f"{path}: no finite pixel at all ({n_bad} pixels: {counts}); there is "
+                        "nothing to restore or to fill from")
+    if mode == "error":
+        raise ReadError(f"{path}: {n_bad} of {finite.size} pixels are not finite ({counts}); "
+                        "pass nonfinite='fill' (medrestore-prepare: --nonfinite fill) to replace "
+                        "them with fill_value, by default the median of the finite pixels")
+    value = float(np.median(array[finite])) if fill_value is None else fill_value
+    if not array.flags.writeable:
+        array = array.copy()
+    array[~finite] = value
+    meta["nonfinite_filled"] = n_bad
+    return array
+
+
+def _spacing_label(meta: Mapping[str, Any]) -> str:
+    """How the reader's format names the values a bad spacing came from."""
+    values = ["None" if v is None else f"{v:g}" for v in meta["spacing"]]
+    if meta.get("format") == "nifti" and len(values) == 3:
+        return f"pixdim[1:4] [{', '.join(values[::-1])}] mm"     # spacing is pixdim reversed
+    source = {"dicom": "PixelSpacing / slice spacing", "hdf5": "spacing attribute",
+              "tiff": "GeoTIFF ModelPixelScale"}.get(str(meta.get("format")), "spacing")
+    return f"{source} (spacing [{', '.join(values)}] mm, axes {meta.get('axes')})"
+
+
+def _check_spacing(path: Path, meta: dict[str, Any], mode: str) -> None:
+    """Spacings must be finite and > 0; ``mode="unknown"`` turns bad axes into ``None``."""
+    spacing = meta.get("spacing")
+    if not spacing:
+        return
+    bad = [i for i, s in enumerate(spacing)
+           if s is not None and not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0)]
+    if not bad:
+        return
+    if mode == "error":
+        raise ReadError(f"{path}: voxel spacing must be > 0, got {_spacing_label(meta)}; pass "
+                        "bad_spacing='unknown' (medrestore-prepare: --bad-spacing unknown) to "
+                        "read it with that spacing unknown")
+    fixed = [None if i in bad else s for i, s in enumerate(spacing)]
+    meta["spacing"] = None if all(s is None for s in fixed) else fixed
+    meta.setdefault("warnings", []).append(
+        f"spacing {list(spacing)} has values that are not > 0: read as unknown")
 
 
 def write_image(array: np.ndarray, meta: Mapping[str, Any] | None, path: str | os.PathLike, *,
@@ -311,6 +406,8 @@ def write_image(array: np.ndarray, meta: Mapping[str, Any] | None, path: str | o
     try:
         return impl.write(arr, meta, p, overwrite=overwrite, **options)
     except OSError as exc:
+        if is_disk_full(exc):
+            raise WriteError(write_failed(p, exc)) from None
         raise WriteError(f"{p}: cannot write {name} ({type(exc).__name__}: "
                          f"{one_line(exc)})") from None
 
@@ -322,6 +419,57 @@ def _check_options(path: Path, name: str, options: Mapping[str, Any],
         accepted = ", ".join(allowed) or "none"
         raise error(f"{path}: unknown option(s) {', '.join(unknown)} for the {name} format "
                     f"(accepted: {accepted})")
+
+
+# ----------------------------------------------------------------------------- disk space
+# EFBIG (a file-size limit, e.g. ``ulimit -f``) and EDQUOT (a quota) end a write like a full disk
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError that means "no room left to write" (full disk, quota, size limit)."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
+
+
+def _existing_folder(path: str | os.PathLike) -> Path:
+    """``path``'s folder, or its nearest existing ancestor (the output folder may not exist yet)."""
+    folder = Path(os.path.abspath(path)).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the filesystem that would hold ``path`` (None when it cannot be told)."""
+    try:
+        return int(shutil.disk_usage(_existing_folder(path)).free)
+    except OSError:
+        return None
+
+
+def write_failed(path: str | os.PathLike, exc: BaseException) -> str:
+    """One-line message for an OSError while writing ``path``, with the free space left."""
+    reason = getattr(exc, "strerror", None) or one_line(exc)
+    free = free_bytes(path)
+    where = f"{free:,} bytes free in {_existing_folder(path)}" if free is not None else \
+        "free space unknown"
+    return f"{path}: write failed: {reason} ({where})"
+
+
+def ensure_free_space(path: str | os.PathLike, needed: int, error: type[MedrestoreError],
+                      what: str = "") -> None:
+    """Refuse, before any slow work, to write about ``needed`` bytes to ``path`` when its
+    filesystem has less free. ``MEDRESTORE_SKIP_SPACE_CHECK=1`` skips the check (the estimate
+    is rough; a write that then runs out of space still fails cleanly)."""
+    if os.environ.get(SKIP_SPACE_CHECK_ENV, "").strip() not in ("", "0"):
+        return
+    free = free_bytes(path)
+    if free is None or free >= needed:
+        return
+    raise error(f"{_existing_folder(path)}: not enough free space for {path}"
+                + (f" ({what})" if what else "")
+                + f": {free:,} bytes free, about {int(needed):,} needed; free some space, write "
+                f"elsewhere, or set {SKIP_SPACE_CHECK_ENV}=1 to try anyway")
 
 
 # ----------------------------------------------------------------------------- helpers

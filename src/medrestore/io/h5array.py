@@ -153,7 +153,7 @@ class H5ArrayReader(ImageReader):
     def write(self, array: np.ndarray, meta: Mapping[str, Any], path: Path, *,
               overwrite: bool = False, dataset: str = "image",
               compression_level: int = 4) -> Path:
-        import h5py
+        from medrestore.io.hdf5 import h5_create
 
         name = dataset.strip("/")
         if not name:
@@ -165,7 +165,7 @@ class H5ArrayReader(ImageReader):
         axes = meta.get("axes") if meta.get("axes") in (AXES_2D, AXES_3D) else AXES_2D
         extra = {k: v for k, v in jsonable_meta(meta).items() if k not in _OWN_KEYS}
         with atomic_output(path, overwrite) as tmp:
-            with h5py.File(tmp, "w") as f:
+            with h5_create(tmp, WriteError, shown=path) as f:   # a full disk: one line
                 d = f.create_dataset(name, data=arr, chunks=chunks, compression="gzip",
                                      compression_opts=int(compression_level), shuffle=True)
                 d.attrs["axes"] = axes

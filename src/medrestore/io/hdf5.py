@@ -27,16 +27,20 @@ normalisation, simulator`` so datasets index a shard without touching pixel data
 
 Writers build into ``<file>.partial`` and rename on success: an interrupted prepare never leaves
 a half-written shard under the final name, and an existing file is never overwritten unless
-asked. Readers open files lazily per process (h5py handles must not cross a fork).
+asked. A full disk (or a file-size limit) mid-write is one :class:`ShardError` line; the
+``.partial`` file is removed (see :class:`SafeH5`). Readers open files lazily per process
+(h5py handles must not cross a fork).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -50,6 +54,154 @@ CHUNK = 128  # one 128² training patch per chunk: crops touch few chunks
 
 class ShardError(MedrestoreError, ValueError):
     """A shard that is missing, unreadable or not in the expected layout."""
+
+
+class _GuardedFile(io.RawIOBase):
+    """The file under an HDF5 file being written (h5py's ``fileobj`` driver), whose writes
+    never fail as far as HDF5 can tell.
+
+    HDF5 does not survive a failed write: every object closed afterwards prints a diagnostic
+    (thousands of lines for a shard) and a later flush or close can segfault. So the first
+    OSError (ENOSPC, EFBIG, ...) is kept in ``error`` and every later write is discarded: HDF5
+    finishes and closes normally, and the writer deletes the file and raises one line."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._raw = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._raw.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def readinto(self, buffer) -> int:
+        return self._raw.readinto(buffer) or 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):    # h5py ignores short writes: finish them here
+                    n = self._raw.write(view[done:])
+                    if not n:
+                        raise OSError(f"short write at byte {self._raw.tell()}")
+                    done += n
+            except OSError as exc:
+                self.error = exc
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self._raw.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass                                   # unbuffered: nothing is held back
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._raw.close()
+            except OSError as exc:
+                self.error = self.error or exc
+        super().close()
+
+
+class SafeH5:
+    """A new HDF5 file for writing (``.file``, an ``h5py.File``) that a full disk cannot crash.
+
+    Writes go through :class:`_GuardedFile`; call :meth:`check` to raise a pending write error
+    early, and :meth:`close` at the end: it returns the first OSError met (``None`` on
+    success) and deletes the file when there was one. ``shown`` is the path named in messages
+    (the final name rather than a temporary one)."""
+
+    def __init__(self, path: str | os.PathLike, error: type[MedrestoreError] | None = None,
+                 shown: str | os.PathLike | None = None) -> None:
+        import h5py
+
+        from medrestore.io.base import write_failed
+
+        self.path = Path(path)
+        self.shown = Path(shown) if shown is not None else self.path
+        self.error_class = error or ShardError
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._guard = _GuardedFile(self.path)
+        except OSError as exc:
+            raise self.error_class(write_failed(self.shown, exc)) from None
+        try:
+            self.file = h5py.File(self._guard, "w")
+        except BaseException:
+            self._guard.close()
+            self.path.unlink(missing_ok=True)
+            if self._guard.error is not None:
+                raise self.error_class(write_failed(self.shown, self._guard.error)) from None
+            raise
+
+    @property
+    def error(self) -> OSError | None:
+        return self._guard.error
+
+    def failure(self) -> MedrestoreError:
+        from medrestore.io.base import write_failed
+
+        return self.error_class(write_failed(self.shown, self.error))
+
+    def check(self) -> None:
+        """Raise the pending write error, if any, as one line."""
+        if self._guard.error is not None:
+            raise self.failure()
+
+    def close(self) -> OSError | None:
+        """Close (safe after a failed write: nothing reaches the disk any more); on an error the
+        file is deleted. Returns the error or None."""
+        try:
+            self.file.close()
+        except Exception:
+            if self._guard.error is None:     # a real fault, not the discarded writes
+                self._guard.close()
+                self.path.unlink(missing_ok=True)
+                raise
+        self._guard.close()
+        if self._guard.error is not None:
+            self.path.unlink(missing_ok=True)
+        return self._guard.error
+
+
+@contextmanager
+def h5_create(path: str | os.PathLike, error: type[MedrestoreError] | None = None,
+              shown: str | os.PathLike | None = None) -> Iterator[Any]:
+    """``with h5_create(p) as f:`` writes a new HDF5 file ``f`` (an ``h5py.File``) at ``p``;
+    a write that fails (full disk, file-size limit) raises one ``error`` line naming ``shown``
+    (default ``p``) and leaves no file."""
+    out = SafeH5(path, error, shown)
+    try:
+        yield out.file
+    except BaseException as exc:
+        out.close()
+        out.path.unlink(missing_ok=True)
+        # h5py may trip over data it never really wrote: the write error is the cause
+        if out.error is not None and isinstance(exc, Exception) \
+                and not isinstance(exc, MedrestoreError):
+            raise out.failure() from None
+        raise
+    if out.close() is not None:
+        raise out.failure()
 
 
 def sample_id(task: str, key: str) -> str:
@@ -75,12 +227,11 @@ class PairWriter:
         self.attrs = dict(attrs or {})
         self._rows: list[dict[str, Any]] = []
         self._h5 = None
+        self._out: SafeH5 | None = None
 
     def __enter__(self) -> "PairWriter":
-        import h5py
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._h5 = h5py.File(self.partial, "w")
+        self._out = SafeH5(self.partial, ShardError, shown=self.path)
+        self._h5 = self._out.file
         self._h5.create_group("samples")
         return self
 
@@ -143,24 +294,37 @@ class PairWriter:
                            "lq_shape": None if lq is None else list(lq.shape), "scale": scale,
                            "storage": storage, "normalisation": meta.get("normalisation"),
                            "simulator": simulator if lq is None else None})
+        self._out.check()       # stop at the first failed write, not after hours of discarding
         return sid
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._h5 is not None
+        assert self._h5 is not None and self._out is not None
+        out, self._h5 = self._out, None
         try:
             if exc_type is None:
-                self._h5.attrs["format"] = FORMAT
-                self._h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-                self._h5.attrs["manifest"] = json.dumps(self._rows)
+                out.file.attrs["format"] = FORMAT
+                out.file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+                out.file.attrs["manifest"] = json.dumps(self._rows)
                 for k, v in self.attrs.items():
-                    self._h5.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
-        finally:
-            self._h5.close()
-            self._h5 = None
-        if exc_type is None:
-            os.replace(self.partial, self.path)
-        else:
+                    out.file.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+        except Exception:
+            out.close()
             self.partial.unlink(missing_ok=True)
+            if out.error is not None:     # h5py tripped over a discarded write: that is the cause
+                raise out.failure() from None
+            raise
+        failed = out.close()
+        if exc_type is None and failed is None:
+            try:
+                os.replace(self.partial, self.path)
+            except OSError as e:
+                self.partial.unlink(missing_ok=True)
+                raise ShardError(f"{self.path}: cannot rename {self.partial.name} into place "
+                                 f"({e.strerror or e})") from None
+            return
+        self.partial.unlink(missing_ok=True)
+        if failed is not None and (exc_type is None or not issubclass(exc_type, MedrestoreError)):
+            raise out.failure() from None
 
 
 def _chunks(shape: tuple[int, ...], size: int) -> tuple[int, int, int]:
@@ -179,7 +343,10 @@ def _chw(x: np.ndarray, name: str, key: str, storage: str) -> np.ndarray:
     if x.ndim != 3:
         raise ShardError(f"{key}: {name} must be C×H×W or H×W, got shape {x.shape}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise ShardError(f"{key}: {name} contains NaN or inf")
+        # converters put the source file(s) in front of this (run_converter)
+        nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        raise ShardError(f"{key}: {name} has {nan + inf} non-finite value(s) (NaN {nan}, "
+                         f"inf {inf}); only finite pixels can be stored")
     return np.ascontiguousarray(x)
 
 

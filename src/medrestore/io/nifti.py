@@ -6,6 +6,8 @@ from nibabel's ``(i, j, k)`` to ``(k, j, i)`` so that ``vol[z]`` is one slice an
 ``(i, j, k) = (x, y, z)`` to RAS millimetres; it is stored unchanged. A 2-D file becomes
 ``1×H×W``; a 4-D file is refused unless its 4th axis has length 1. ``meta["header"]`` is the
 nibabel header object (not JSON; :func:`medrestore.io.base.jsonable_meta` drops it).
+``spacing`` is ``pixdim[1:4]`` as stored (in mm), reversed: a zero or negative pixdim is passed
+on, and :func:`~medrestore.io.base.read_image` refuses it unless ``bad_spacing="unknown"``.
 
 Writing inverts the transpose exactly and keeps the affine (``meta["affine_ras"]``, or a DICOM
 LPS affine converted to RAS) and, when the meta carries one, a copy of the header. The data are
@@ -15,6 +17,7 @@ keep their dtype. ``.nii.gz`` is gzip-compressed by nibabel.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,7 +61,15 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     if not p.is_file():
         raise ReadError(f"{p}: no such file")
     try:
-        img = nib.load(p)
+        # nibabel logs and "fixes" a zero / negative pixdim while loading (0 -> 1, -x -> x);
+        # the raw values are read below and checked by read_image, so its log line is noise
+        log = nib.imageglobals.logger
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            img = nib.load(p)
+        finally:
+            log.setLevel(level)
     except Exception as exc:   # nibabel raises ImageFileError, EOFError, gzip/zlib errors...
         raise ReadError(f"{p}: not a NIfTI file or unreadable header ({type(exc).__name__}: "
                         f"{one_line(exc)})") from None
@@ -86,9 +97,12 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     header = img.header
     unit = header.get_xyzt_units()[0] or "unknown"
     to_mm = _TO_MM.get(unit, 1.0)
-    pixdim = [float(v) for v in header["pixdim"][1:4]]
-    zooms = [float(v) for v in header.get_zooms()[:3]] + pixdim[len(header.get_zooms()):3]
-    spacing = [z * to_mm if z > 0 else None for z in zooms[:3]][::-1]      # (k, j, i) order
+    # pixdim as stored, zero or negative included (read_image refuses those unless
+    # bad_spacing="unknown"); only the unused k pixdim of a 2-D file says nothing
+    spacing = [v * to_mm for v in _raw_pixdim(p, img)]
+    if len(shape) == 2 and not spacing[2] > 0:
+        spacing[2] = None
+    spacing = spacing[::-1]                                                # (k, j, i) order
     # nibabel moves scl_slope/scl_inter from the loaded header into the array proxy
     slope, inter = getattr(img.dataobj, "slope", None), getattr(img.dataobj, "inter", None)
     affine = np.asarray(img.affine, dtype=np.float64)
@@ -108,6 +122,18 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         "header": header.copy(),
     })
     return volume, meta
+
+
+def _raw_pixdim(path: Path, img) -> list[float]:
+    """``pixdim[1:4]`` as written in the file, before nibabel's load-time fixes."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path) as fobj:
+            raw = type(img.header).from_fileobj(fobj, check=False)
+        return [float(v) for v in raw["pixdim"][1:4]]
+    except Exception:   # unreadable twice is unlikely; nibabel's (fixed) values are the fallback
+        return [float(v) for v in img.header["pixdim"][1:4]]
 
 
 def write_nifti(array: np.ndarray, meta: Mapping[str, Any] | None, path: str | Path, *,

@@ -59,7 +59,11 @@ def tat(pred: torch.Tensor, gt: torch.Tensor, meta: Mapping[str, Any]) -> dict[s
 
     modality = meta.get("modality")
     if modality not in TAT_TEST_WINDOWS:
-        raise ValueError(f"the 'tat' protocol scores CT, MR and PT slices; got modality {modality!r}")
+        from medrestore.errors import ConfigError
+
+        raise ConfigError(f"model.metrics.protocol=tat scores CT, MR and PT slices only; sample "
+                          f"{meta.get('key', '?')} has modality {modality!r} (set "
+                          "model.metrics.protocol=null to score each task its own way)")
     lo, hi = TAT_TEST_WINDOWS[modality]
     norm = Normalisation.from_dict(meta["normalisation"])
     p = norm.denormalise(pred.double().clamp(0, 1)).clamp(lo, hi).unsqueeze(0)

@@ -77,19 +77,44 @@ def official_converter(arch: str):
     return None
 
 
-def read_weights(path: str | os.PathLike) -> Any:
-    """``torch.load(weights_only=True)`` of a weights file, with one-line errors naming it."""
+def read_weights(path: str | os.PathLike, option: str = "model.net.pretrained") -> Any:
+    """The one loader of user-supplied weights and checkpoints: ``torch.load`` with
+    ``weights_only=True`` (tensors and plain containers only; a pickle that would import or call
+    anything is refused before it runs), memory-mapped when the file allows. Errors are one
+    line naming ``option`` / the file."""
+    import pickle
+
     import torch
+
+    from medrestore.io.base import one_line
 
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"model.net.pretrained={p}: no such weights file")
+        raise ConfigError(f"{option}={p}: no such weights file")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickles with code objects, truncated or foreign files
-        first = (str(exc).splitlines() or [""])[0][:120]
-        raise ConfigError(f"{p}: not a loadable weights file ({type(exc).__name__}: {first})"
-                          ) from None
+        try:
+            return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError:
+            raise
+        except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be mapped: read them
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # the weights-only unpickler stops at the first global it does not allow-list (before
+        # anything is imported or called); other unpickling errors are just foreign bytes
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        detail = next((ln for ln in lines if "GLOBAL" in ln), "")
+        if not detail:
+            why = next((ln for ln in lines if ln.startswith("Unsupported")), "unpickling failed")
+            raise ConfigError(f"{option}={p}: not a loadable weights file (not written by "
+                              f"torch.save: {why})") from None
+        raise ConfigError(
+            f"{option}={p}: refused: the file holds pickled Python objects beyond tensors and "
+            f"plain containers, which could run code on load ({detail[:120]}); "
+            "re-save the weights with torch.save(model.state_dict()) from code you trust"
+        ) from None
+    except Exception as exc:  # truncated, foreign or corrupt files
+        raise ConfigError(f"{option}={p}: not a loadable weights file, truncated or corrupt "
+                          f"({type(exc).__name__}: {one_line(exc, 120)})") from None
 
 
 def load_pretrained(net: Any, path: str | os.PathLike, fmt: str = "medrestore",

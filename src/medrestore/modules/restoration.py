@@ -36,7 +36,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from medrestore.errors import ConfigError
+from medrestore.errors import ConfigError, MedrestoreError
 from medrestore.losses.pixel import PIXEL_LOSSES
 from medrestore.metrics.aggregate import PerTaskMean, summarise
 from medrestore.metrics.protocols import METRIC_NAMES, protocol_for
@@ -44,7 +44,13 @@ from medrestore.registry import TASKS, build_arch
 from medrestore.sample import adapt_channels, to_native_channels
 
 STAGES = ("val", "test")
+#: what a non-finite training loss does: stop with one line (default) or skip the step, counted
+NONFINITE_MODES = ("error", "skip")
 SOURCES = ("pred", "lq")  # scores of the restored output and of the degraded input
+
+
+class NonFiniteLossError(MedrestoreError, FloatingPointError):
+    """A NaN/inf training loss (the message names the step, the tasks and the keys)."""
 
 
 def _plain(x: Any) -> Any:
@@ -82,7 +88,10 @@ class RestorationModule(L.LightningModule):
             ``total_steps: null`` entry is filled with the trainer's estimated step count.
         scheduler_interval: ``"step"`` or ``"epoch"``.
         loss: ``{"name": "l1"|"mse"|"charbonnier", "weight": 1.0, "balance": "none"|"input",
-            "balance_power": 1.0}`` (families add balance modes, e.g. TAT's ``uncertainty``).
+            "balance_power": 1.0, "nonfinite": "error"|"skip"}`` (families add balance
+            modes, e.g. TAT's ``uncertainty``). A NaN/inf loss stops training with one line
+            naming the step, tasks and keys (``error``) or skips the step and counts it
+            (``skip``: logged as ``train/skipped_nonfinite``, kept in checkpoints).
         ema: ``None`` or ``{"decay": 0.999, "power": 2/3, "inv_gamma": 1.0,
             "update_after_step": 0, "update_every": 1}``.
         metrics: ``{"protocol": null|<name>}`` — null uses each task's registry default.
@@ -114,6 +123,11 @@ class RestorationModule(L.LightningModule):
         self.out_channels = int(getattr(self.net, "out_channels", net_kwargs.get("out_channels", self.in_channels)))
         self.pixel_loss = PIXEL_LOSSES.get(loss.get("name", "l1"))
         self.pixel_weight = float(loss.get("weight", 1.0))
+        self.nonfinite_loss = loss.get("nonfinite", "error")
+        if self.nonfinite_loss not in NONFINITE_MODES:
+            raise ConfigError(f"model.loss.nonfinite={self.nonfinite_loss!r}; expected one of "
+                              f"{list(NONFINITE_MODES)}")
+        self.skipped_nonfinite = 0  # steps skipped with nonfinite=skip (kept in checkpoints)
         self.balance = loss.get("balance", "none")
         self.balance_power = float(loss.get("balance_power", 1.0))
         if self.balance not in self.BALANCE_MODES:
@@ -193,10 +207,50 @@ class RestorationModule(L.LightningModule):
         terms = {"pixel": self.pixel_weight * pixel, **self.extra_losses(batch, pred, aux)}
         total = torch.stack(list(terms.values())).sum()
         bs = pred.shape[0]
+        if not self._all_finite(total):
+            return self._nonfinite_step(terms, batch)
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         for name, value in terms.items():
             self.log(f"train/loss_{name}", value, batch_size=bs)
         return total
+
+    def _all_finite(self, total: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (one decision for all, so under DDP every
+        rank stops or skips together instead of hanging in the next all-reduce)."""
+        finite = bool(torch.isfinite(total.detach()))
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            finite = bool(trainer.strategy.reduce_boolean_decision(finite, all=True))
+        return finite
+
+    def _nonfinite_step(self, terms: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> None:
+        """Stop with one line naming the step, the loss terms and the batch's tasks and keys
+        (and which inputs hold NaN/inf), or with ``loss.nonfinite: skip`` skip the step
+        (``training_step`` returns None: no backward, no optimiser step, no EMA update)."""
+        step = self.trainer.global_step if self._trainer is not None else 0
+        if self.nonfinite_loss == "skip":
+            self.skipped_nonfinite += 1
+            self._skip_ema = True
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=1)
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(f"non-finite training loss at global step {step}: step skipped "
+                           f"({self.skipped_nonfinite} so far; keys {list(batch['key'])})")
+            return None
+        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        bad = []
+        for name in ("lq", "gt"):
+            x = batch[name]
+            per_sample = (~torch.isfinite(x)).any(1).flatten(1).sum(1)  # pixels, not channels
+            bad += [f"{name} of {batch['key'][i]} ({int(n)} px)"
+                    for i, n in enumerate(per_sample.tolist()) if n]
+        where = (f"non-finite values in {'; '.join(bad)}" if bad else
+                 "the inputs are finite (diverged: lower model.optimizer.lr or set "
+                 "trainer.gradient_clip_val)")
+        raise NonFiniteLossError(
+            f"non-finite training loss at global step {step} ({values}); batch tasks "
+            f"{sorted(set(batch['task']))}, keys {list(batch['key'])}; {where}; set "
+            "model.loss.nonfinite=skip to skip such steps and count them")
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.pretrained and not self._pretrained_loaded:
@@ -219,10 +273,18 @@ class RestorationModule(L.LightningModule):
         # which LightningModule wrote it, so tools can reload any family from the file alone
         cls = type(self)
         checkpoint["medrestore_module"] = f"{cls.__module__}:{cls.__qualname__}"
+        checkpoint["medrestore_skipped_nonfinite"] = int(self.skipped_nonfinite)
 
-    @torch.no_grad()
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.net_ema is not None:
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_nonfinite = int(checkpoint.get("medrestore_skipped_nonfinite", 0))
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # EMA right after the step, not in on_train_batch_end: Lightning writes step
+        # checkpoints from the callbacks' on_train_batch_end, before the module's, so an update
+        # made there would be missing from the checkpoint and lost on resume
+        skipped, self._skip_ema = getattr(self, "_skip_ema", False), False
+        if self.net_ema is not None and not skipped:
             self.update_ema()
 
     @torch.no_grad()
@@ -270,19 +332,30 @@ class RestorationModule(L.LightningModule):
         summary: dict[str, dict[str, float]] = {}
         for src in SOURCES:
             computed = {m: self.scores[f"{stage}_{src}_{m}"].compute() for m in METRIC_NAMES}
-            means = {m: mean for m, (mean, _) in computed.items()}
-            summary[src] = summarise(means, computed[METRIC_NAMES[0]][1])
+            means = {m: mean for m, (mean, _, _) in computed.items()}
+            _, counts, nonfinite = computed["psnr"]
+            summary[src] = summarise(means, counts, nonfinite)
             for m in METRIC_NAMES:
                 self.scores[f"{stage}_{src}_{m}"].reset()
         # Logged: restored scores as <stage>/<task|domain>/<metric> and <stage>/<metric>
         # (mean over tasks, the monitored figure); input scores under <stage>_input/...
         logged = {}
+        for src, prefix in (("pred", stage), ("lq", f"{stage}_input")):
+            bad = {k[:-len("/nonfinite")]: int(v) for k, v in summary[src].items()
+                   if k.endswith("/nonfinite") and v}
+            if bad:  # NaN scores stay NaN (never capped): say which tasks, once per evaluation
+                from lightning.pytorch.utilities import rank_zero_warn
+
+                what = "restored outputs" if src == "pred" else "degraded inputs"
+                rank_zero_warn(f"{stage}: non-finite PSNR for {sum(bad.values())} image(s) "
+                               f"({bad}) of the {what}: a NaN/inf pixel in an output, input or "
+                               f"target; {prefix}/psnr is NaN")
         for name, value in summary["pred"].items():
-            if name.endswith("/n"):
+            if name.endswith(("/n", "/nonfinite")):
                 continue
             logged[f"{stage}/{name[len('mean/'):]}" if name.startswith("mean/") else f"{stage}/{name}"] = value
         for name, value in summary["lq"].items():
-            if not name.endswith("/n"):
+            if not name.endswith(("/n", "/nonfinite")):
                 logged[f"{stage}_input/{name}"] = value
         if logged:  # values are already global (metric states are summed across ranks)
             self.log_dict(logged, sync_dist=False)

@@ -31,10 +31,19 @@ def _finish_wandb() -> None:
 
 def user_error(exc: BaseException) -> MedrestoreError | None:
     """The MedrestoreError behind ``exc`` (Hydra wraps errors from ``__init__`` of targets)."""
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, MedrestoreError):
             return exc
+        if isinstance(exc, (MissingMandatoryValue, InterpolationResolutionError)):
+            # a config value the user left out (???) or an unresolvable ${...}: their input
+            from medrestore.errors import ConfigError
+
+            key = getattr(exc, "full_key", "") or "config"
+            msg = (str(exc).splitlines() or [""])[0]
+            return ConfigError(f"{key}: {msg}")
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None

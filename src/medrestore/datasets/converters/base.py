@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -112,6 +113,16 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="keep only the first N units (patients/subjects/sequences/images) of "
                         "each split: a quick dry run")
+    p.add_argument("--nonfinite", choices=("error", "fill"), default="error",
+                   help="source pixels that are NaN or inf: an error (default) or filled with "
+                        "the median of the finite pixels (read_image's nonfinite option)")
+    p.add_argument("--bad-spacing", choices=("error", "unknown"), default="error",
+                   help="a source spacing that is not > 0 (e.g. NIfTI pixdim 0): an error "
+                        "(default) or read as unknown (read_image's bad_spacing option)")
+
+
+#: read_image options of the converter being run (set by run_converter, used by read_array)
+_READ_OPTIONS: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,8 +155,11 @@ def run_converter(conv: Converter, args: argparse.Namespace) -> dict[str, Any]:
     if not items:
         raise ConvertError(f"{conv.name}: nothing to convert under {src}")
 
-    from medrestore.io.hdf5 import PairWriter
+    from medrestore.io.base import ensure_free_space
+    from medrestore.io.hdf5 import PairWriter, ShardError
 
+    ensure_free_space(out, _source_bytes(items), ShardError,
+                      f"estimated from the {len(items)} source unit(s)")
     attrs = {"dataset": conv.name, "source_root": str(src.resolve()), "seed": int(args.seed),
              "args": _args_dict(args)}
     counts: dict[str, dict[str, int]] = {}
@@ -156,28 +170,88 @@ def run_converter(conv: Converter, args: argparse.Namespace) -> dict[str, Any]:
     bar = tqdm(items, desc=conv.name, unit=conv.unit, disable=bool(args.quiet), file=sys.stderr,
                dynamic_ncols=True)
     n = 0
+    _READ_OPTIONS.update(nonfinite=getattr(args, "nonfinite", "error"),
+                         bad_spacing=getattr(args, "bad_spacing", "error"))
     try:
         with PairWriter(out, overwrite=bool(args.overwrite), attrs=attrs) as w:
             for item in bar:
                 units[item.split] += 1
-                for rec in conv.convert(item, args):
-                    owner = key_unit.setdefault(rec.key, item.unit)
-                    if owner != item.unit:   # a key names one clean image of one unit
-                        raise ConvertError(f"{conv.name}: key {rec.key!r} produced by units "
-                                           f"{owner!r} and {item.unit!r}")
-                    meta = jsonable({**rec.meta, "dataset": conv.name, "split": item.split})
-                    w.add(rec.lq, rec.gt, task=rec.task, key=rec.key, split=item.split, meta=meta,
-                          source=rec.source, scale=rec.scale, storage="physical")
-                    counts.setdefault(rec.task, {s: 0 for s in SPLITS})[item.split] += 1
-                    n += 1
-                    bar.set_postfix(samples=n, refresh=False)
+                rec = None                 # the record being written, when an error comes
+                try:
+                    for rec in conv.convert(item, args):
+                        owner = key_unit.setdefault(rec.key, item.unit)
+                        if owner != item.unit:   # a key names one clean image of one unit
+                            raise ConvertError(f"{conv.name}: key {rec.key!r} produced by units "
+                                               f"{owner!r} and {item.unit!r}")
+                        meta = jsonable({**rec.meta, "dataset": conv.name, "split": item.split})
+                        w.add(rec.lq, rec.gt, task=rec.task, key=rec.key, split=item.split,
+                              meta=meta, source=rec.source, scale=rec.scale, storage="physical")
+                        counts.setdefault(rec.task, {s: 0 for s in SPLITS})[item.split] += 1
+                        rec = None
+                        n += 1
+                        bar.set_postfix(samples=n, refresh=False)
+                except MedrestoreError as exc:
+                    raise _naming_source(exc, item, rec, src, out) from None
             if n == 0:
                 raise ConvertError(f"{conv.name}: no samples were produced from {src} "
                                    "(every slice/image was skipped)")
     finally:
         bar.close()
+        _READ_OPTIONS.clear()
     return {"path": str(out), "counts": counts, "units": units, "samples": n,
             "seconds": round(time.perf_counter() - t0, 2), "notes": conv.notes(args)}
+
+
+def _paths_in(value: Any) -> Iterator[Path]:
+    """The paths inside a unit's ``Item.data`` (nested dicts, lists, tuples)."""
+    if isinstance(value, Path):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _paths_in(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _paths_in(v)
+
+
+def _source_bytes(items: Sequence[Item]) -> int:
+    """Bytes of the source files of ``items``: the shard stores the same pixels, compressed
+    about as well as the sources, so this is the estimate of the space it needs."""
+    total = 0
+    for p in {p for it in items for p in _paths_in(it.data)}:
+        try:
+            files = [p] if not p.is_dir() else [f for f in p.rglob("*") if f.is_file()]
+            total += sum(f.stat().st_size for f in files)
+        except OSError:
+            continue                                   # unreadable: reading will say so
+    return total
+
+
+def _naming_source(exc: MedrestoreError, item: Item, rec: Record | None, src: Path,
+                   out: Path) -> MedrestoreError:
+    """``exc`` (same class) with the source file(s) of the failing sample or unit in front,
+    unless its message already names one of them or is about the output file."""
+    msg = str(exc)
+    if rec is not None and isinstance(rec.meta.get("source"), Mapping):
+        files = [src / str(v) for v in rec.meta["source"].values() if v]
+    else:
+        files = []
+    if not files:
+        files = list(dict.fromkeys(_paths_in(item.data)))
+    named = {str(f) for f in files} | {os.path.relpath(f, src) for f in files}
+    if not files or str(out) in msg or any(n in msg for n in named):
+        return exc
+    if len(files) <= 3:
+        where = ", ".join(str(f) for f in files)
+    else:                                              # a patient / sequence folder
+        try:
+            where = f"{os.path.commonpath([str(f) for f in files])} ({len(files)} files)"
+        except ValueError:                             # absolute and relative paths mixed
+            where = f"{files[0]} (and {len(files) - 1} more files)"
+    try:
+        return type(exc)(f"{where}: {msg}")
+    except TypeError:                                  # an error class with another signature
+        return exc
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
@@ -462,6 +536,47 @@ def window_for(dtype: np.dtype, task: str, window: Sequence[float] | None = None
     return Normalisation(n.low, n.high, unit=unit or n.unit).to_dict()
 
 
+_DEPTH_UNIT = re.compile(r"\d+-bit")
+
+
+def check_window(image: np.ndarray, norm: Mapping[str, Any] | Any, source: Any,
+                 hint: str | None = None) -> None:
+    """Refuse integer data deeper than a bit-depth window (``unit`` like ``"8-bit"``).
+
+    The natural tasks' default window is the 8-bit [0, 255]: a 16-bit photo (values up to
+    65,535) would be clipped to 255 and scored there without a word. Physical windows (HU,
+    a.u., SUV, DN) clip out-of-window values by design and are not checked; neither is a window
+    the user chose. ``norm`` is a normalisation dict (or object with ``low``/``high``/``unit``);
+    ``source`` names the file; ``hint`` says how to choose another window (default: the
+    converters' ``--window``)."""
+    get = norm.get if isinstance(norm, Mapping) else (lambda k: getattr(norm, k, None))
+    image = np.asarray(image)
+    if image.dtype.kind not in "iu" or image.size == 0 \
+            or not _DEPTH_UNIT.fullmatch(str(get("unit") or "")):
+        return
+    low, high = float(get("low")), float(get("high"))
+    lo, hi = image.min(), image.max()
+    if lo >= low and hi <= high:
+        return
+    info = np.iinfo(image.dtype)
+    if hint is None:
+        hint = (f"pass --window LOW HIGH for the data's range (e.g. --window {info.min} "
+                f"{info.max} for the full {image.dtype} range)")
+    raise ConvertError(f"{source}: {image.dtype} data with max {int(hi)} (min {int(lo)}) do not "
+                       f"fit the {get('unit')} window [{low:g}, {high:g}] and would be clipped; "
+                       f"{hint}")
+
+
+def pick_window(image: np.ndarray, task: str, source: Any,
+                window: Sequence[float] | None = None, unit: str | None = None) -> dict[str, Any]:
+    """:func:`window_for` the image's dtype, then :func:`check_window` unless ``window`` was
+    given explicitly."""
+    norm = window_for(np.asarray(image).dtype, task, window, unit)
+    if window is None:
+        check_window(image, norm, source)
+    return norm
+
+
 def as_chw(x: np.ndarray, what: str) -> np.ndarray:
     """``H×W`` -> ``1×H×W``; ``C×H×W`` unchanged; anything else is an error naming ``what``."""
     x = np.asarray(x)
@@ -525,10 +640,11 @@ def inplane_spacing(spacing: Sequence[float | None] | None, drop_axis: int | Non
 
 
 def read_array(path: Path, **kw: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """:func:`medrestore.io.base.read_image`, imported lazily."""
+    """:func:`medrestore.io.base.read_image`, imported lazily, with the running converter's
+    ``--nonfinite`` / ``--bad-spacing`` choices."""
     from medrestore.io.base import read_image
 
-    return read_image(path, **kw)
+    return read_image(path, **{**_READ_OPTIONS, **kw})
 
 
 def parse_param(text: str) -> tuple[str, Any]:

@@ -36,7 +36,8 @@ from medrestore.datasets.converters.base import (
     relpath,
     split_by_fractions,
     suffix_of,
-    window_for,
+    check_window,
+    pick_window,
 )
 
 SLICE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
@@ -178,7 +179,9 @@ class PairedFolder(Converter):
                                                           args.quiet, "image"):
             scale = _scale_of(lq, gt, lq_path, gt_path)
             key = item.unit if i is None else f"{item.unit}/{i:03d}"
-            norm = window_for(gt.dtype, task, args.window, args.unit)
+            norm = pick_window(gt, task, gt_path, args.window, args.unit)
+            if args.window is None:
+                check_window(lq, norm, lq_path)
             extra: dict[str, Any] = {"slice_index": i, "slice_axis": args.slice_axis} \
                 if i is not None else {}
             meta = make_meta(task, normalisation=norm, spacing=spacing, channels=int(gt.shape[0]),
@@ -274,7 +277,7 @@ class CleanFolder(Converter):
         slices = list(read_slices(gt_path, axis))
         for i, gt, spacing in iter_progress(slices, len(slices), item.unit, args.quiet, "image"):
             key = item.unit if i is None else f"{item.unit}/{i:03d}"
-            norm = window_for(gt.dtype, task, args.window, args.unit)
+            norm = pick_window(gt, task, gt_path, args.window, args.unit)
             degradation = {"simulator": sim, "params": params, "seed": int(args.seed)}
             extra: dict[str, Any] = {"slice_index": i, "slice_axis": args.slice_axis} \
                 if i is not None else {}

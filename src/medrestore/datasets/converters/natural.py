@@ -34,7 +34,8 @@ from medrestore.datasets.converters.base import (
     read_array,
     relpath,
     require_dir,
-    window_for,
+    check_window,
+    pick_window,
 )
 
 
@@ -50,7 +51,7 @@ def _pair_meta(task: str, gt: np.ndarray, src: Path, lq_path: Path | None, gt_pa
     source = {"gt": relpath(gt_path, src)}
     if lq_path is not None:
         source["lq"] = relpath(lq_path, src)
-    return make_meta(task, normalisation=window_for(gt.dtype, task), spacing=None,
+    return make_meta(task, normalisation=pick_window(gt, task, gt_path), spacing=None,
                      channels=int(gt.shape[0]), source=source, **extra)
 
 
@@ -308,6 +309,7 @@ def _read_pair_record(task: str, item: Item, src: Path, **extra: Any) -> Record:
                            "differ in shape")
     meta = _pair_meta(task, gt, src, item.data["lq"], item.data["gt"],
                       degradation="real paired data", **extra)
+    check_window(lq, meta["normalisation"], item.data["lq"])
     return Record(task, item.unit, gt, lq, meta, relpath(item.data["gt"], src))
 
 

@@ -31,7 +31,8 @@ from medrestore.datasets.converters.base import (
     relpath,
     require_dir,
     split_by_fractions,
-    window_for,
+    check_window,
+    pick_window,
 )
 from medrestore.datasets.converters.natural import default_val_count, read_image_chw
 
@@ -107,8 +108,8 @@ class UcMerced(Converter):
         full = read_image_chw(item.data["path"])
         hr = np.ascontiguousarray(crop_to_multiple(full, s))
         lr = bicubic_downscale(hr, s)
-        meta = make_meta(self.task, normalisation=window_for(hr.dtype, self.task, args.window,
-                                                             args.unit),
+        meta = make_meta(self.task, normalisation=pick_window(hr, self.task, item.data["path"],
+                                                              args.window, args.unit),
                          spacing=None, channels=int(hr.shape[0]),
                          source={"gt": relpath(item.data["path"], src)}, image=item.unit,
                          land_use_class=item.data["class"], bands=_bands(hr.shape[0]),
@@ -146,7 +147,10 @@ def _cloud_record(task: str, item: Item, args: argparse.Namespace, **extra: Any)
     if lq.shape != gt.shape or lq.dtype != gt.dtype:
         raise ConvertError(f"{item.data['lq']} ({lq.shape} {lq.dtype}) and {item.data['gt']} "
                            f"({gt.shape} {gt.dtype}) differ")
-    meta = make_meta(task, normalisation=window_for(gt.dtype, task, args.window, args.unit),
+    norm = pick_window(gt, task, item.data["gt"], args.window, args.unit)
+    if args.window is None:
+        check_window(lq, norm, item.data["lq"])
+    meta = make_meta(task, normalisation=norm,
                      spacing=None, channels=int(gt.shape[0]), source=source, image=item.unit,
                      bands=_bands(gt.shape[0], nir is not None),
                      degradation="real cloudy / clear acquisition pair", **extra)

@@ -62,17 +62,10 @@ def load_pretrained(model: "nn.Module", weights: str | os.PathLike | Mapping[str
     if isinstance(weights, Mapping):
         source, obj = "state dict", weights
     else:
-        import torch
+        from medrestore.models.pretrained import read_weights
 
         source = str(weights)
-        if not os.path.isfile(source):
-            raise ConfigError(f"{source}: no such weights file")
-        try:
-            obj = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickles with code objects, truncated files
-            first = (str(exc).splitlines() or [""])[0][:120]
-            raise ConfigError(f"{source}: not a loadable weights file "
-                              f"({type(exc).__name__}: {first})") from None
+        obj = read_weights(source, "weights")  # weights_only=True: refuses code-running pickles
     sd = (convert_official_state_dict(obj) if format == "official"
           else _tensor_mapping(obj, source))
     load_state_dict_strict(model, sd, source)
