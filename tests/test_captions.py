@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO, _smooth_image
-from medrestore.captions.build import build_cache, collect_images
-from medrestore.captions.cache import (CacheError, CacheWriter, Entry, TextCache, check_cache,
-                                       check_text_width, merge_files, parts_dir, pool, rank_path,
-                                       read_header)
-from medrestore.captions.captioners import (PERSPECTIVES, CaptionInput, TemplateCaptioner,
-                                            image_statistics)
-from medrestore.captions.encoders import TextEncoder
 from medrestore.errors import ConfigError
+from medrestore.io.textcache import (CacheError, CacheWriter, Entry, TextCache, check_cache,
+                                     check_text_width, merge_files, parts_dir, pool, rank_path,
+                                     read_header)
+from medrestore.prepare.captions.build import build_cache, collect_images
+from medrestore.prepare.captions.captioners import (PERSPECTIVES, CaptionInput,
+                                                    TemplateCaptioner, image_statistics)
+from medrestore.prepare.captions.encoders import TextEncoder
 
 TESTS = Path(__file__).resolve().parent
 
@@ -166,7 +166,7 @@ def _tiny_llava(path: Path, vocab_words: int = 1100) -> Path:
 
 
 def test_tiny_llava_captions_batched_and_deterministic(tmp_path, shared_shard):
-    from medrestore.captions.captioners import LlavaCaptioner
+    from medrestore.prepare.captions.captioners import LlavaCaptioner
 
     model_dir = _tiny_llava(tmp_path / "tiny-llava")
     prompts = {"content": "describe the image in one sentence .", "colour": "w1 w2 w3 ."}
@@ -193,7 +193,7 @@ def test_tiny_llava_captions_batched_and_deterministic(tmp_path, shared_shard):
     cache = TextCache(tmp_path / "llava.h5")
     assert rep["count"] == 4 and cache.perspectives == ["content", "colour"]
     assert cache.fingerprint["captioner"]["weights_sha256"] == fp["weights_sha256"]
-    from medrestore.captions.build import _Reader
+    from medrestore.prepare.captions.build import _Reader
 
     item = _Reader().read(refs[0])
     assert cache.entry(refs[0].key)["captions"] == cap.caption([item])[0]
@@ -225,8 +225,8 @@ def _tiny_clip(tmp_path: Path, name: str, vocab_size: int = 49408) -> Path:
 
 
 def test_tiny_open_clip_encoder_from_a_local_checkpoint(tmp_path):
-    from medrestore.captions.common import file_sha256
-    from medrestore.captions.encoders import OpenClipEncoder, build_encoder
+    from medrestore.prepare.captions.common import file_sha256
+    from medrestore.prepare.captions.encoders import OpenClipEncoder, build_encoder
 
     ckpt = _tiny_clip(tmp_path, "medrestore-test-tiny-clip")
     enc = build_encoder({"name": "open_clip", "model": "medrestore-test-tiny-clip",
@@ -256,7 +256,7 @@ def test_tokenizer_sanity_check_rejects_a_tiny_vocabulary(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    from medrestore.captions.encoders import MeanPoolEncoder
+    from medrestore.prepare.captions.encoders import MeanPoolEncoder
 
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "image", "dark"])}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
@@ -486,7 +486,7 @@ metrics, objs = train(cfg)
 batch = next(iter(objs["datamodule"].train_dataloader()))
 heavy = sorted(m for m in sys.modules if m == "open_clip" or m.startswith(("open_clip.",
     "transformers.models.llava", "transformers.models.bert", "sentence_transformers",
-    "medrestore.captions.captioners", "medrestore.captions.encoders", "medrestore.captions.build")))
+    "medrestore.prepare")))  # no captioner, encoder or cache builder: nothing of prepare
 print(json.dumps({{"heavy": heavy, "steps": objs["trainer"].global_step,
                   "text": list(batch["text_emb"].shape), "dim": objs["datamodule"].text_dim,
                   "test": "test/psnr" in metrics}}))

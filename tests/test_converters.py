@@ -565,13 +565,13 @@ def test_shard_attrs_record_the_converter(tmp_path):
 def test_missing_src_and_unknown_converter(tmp_path, capsys):
     fails_with(["rice1", "--src", tmp_path / "nope", "--out", tmp_path / "e.h5"], capsys,
                "--src", "nope")
-    from medrestore.datasets.converters import CONVERTERS, get_converter
     from medrestore.errors import MedrestoreError
+    from medrestore.prepare import CONVERTERS
 
     with pytest.raises(MedrestoreError, match="known converters"):
-        get_converter("imagenet")
+        CONVERTERS.build("imagenet")
     assert {"aapm_mayo", "ixi", "pet", "div2k", "df2k", "rain100l", "gopro", "ucmerced",
-            "cuhk_cr1", "rice1", "paired_folder", "clean_folder"} == set(CONVERTERS)
+            "cuhk_cr1", "rice1", "paired_folder", "clean_folder", "demo"} == set(CONVERTERS.names())
 
 
 def test_converted_shards_load_as_contract_samples(tmp_path):

@@ -16,10 +16,10 @@ from medrestore.models.archs.datprl import DATPRL, PROMPTED_STAGES, datprl, datp
 from medrestore.models.archs.datprl_official import (
     convert_official_state_dict,
     kwargs_from_official_config,
-    load_pretrained,
 )
 from medrestore.models.layers.prompts import AGFTransformerBlock, PromptPool
 from medrestore.models.layers.restormer import TransformerBlock
+from medrestore.models.pretrained import load_pretrained
 from medrestore.registry import build_arch
 
 FIXTURE = Path(__file__).parent / "fixtures" / "datprl_official_keys.json"
@@ -359,7 +359,8 @@ def test_invalid_configs_rejected() -> None:
         datprl_tiny(pad_mode="edge")
     with pytest.raises(MedrestoreError, match="fusion_heads"):
         datprl_tiny(prompt_dim=36)
-    with pytest.raises(MedrestoreError, match=r"task_top_k=7 must be in \[1, task_pool_size=6"):
+    with pytest.raises(MedrestoreError,
+                       match=r"task_top_k=7; expected an integer in \[1, task_pool_size=6"):
         datprl_tiny(task_top_k=7)
     with pytest.raises(ValueError, match="top_k"):
         PromptPool(pool_size=4, prompt_dim=8, top_k=5)

@@ -541,7 +541,7 @@ def test_read_dicom_rejects_truncated_and_foreign_files(tmp_path):
 
 
 def test_read_dicom_multiframe_is_frames_first():
-    from medrestore.datasets.demo_sources import DemoSourceError, source_path
+    from medrestore.prepare.demo_sources import DemoSourceError, source_path
     from medrestore.io.dicom import read_dicom
 
     try:

@@ -9,7 +9,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from medrestore.datasets.demo import DEMO_TASKS, PET_MIN_GAP, build_demo
+from medrestore.prepare import run
+from medrestore.prepare.demo import DEMO_TASKS, PET_MIN_GAP
 from medrestore.io.hdf5 import ShardError, read_manifest, read_pair
 from medrestore.registry import get_task
 from medrestore.sample import make_sample
@@ -18,7 +19,7 @@ from medrestore.sample import make_sample
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo.h5"
-    summary = build_demo(out, seed=0, progress=False)
+    summary = run("demo", out=out, seed=0, quiet=True)
     return out, summary
 
 
@@ -116,7 +117,7 @@ def test_rebuild_without_overwrite_refuses_and_keeps_the_file(demo):
     out, _ = demo
     before = hashlib.sha256(out.read_bytes()).hexdigest()
     with pytest.raises(ShardError, match="already exists"):
-        build_demo(out, seed=1, progress=False)
+        run("demo", out=out, seed=1, quiet=True)
     assert hashlib.sha256(out.read_bytes()).hexdigest() == before
     assert not out.with_name(out.name + ".partial").exists()
 
@@ -125,7 +126,7 @@ def test_degradations_are_seeded_per_image(demo):
     """The same key and seed give the same degraded image, independent of build order."""
     import h5py
 
-    from medrestore.datasets import demo as demo_mod
+    from medrestore.prepare import demo as demo_mod
     from medrestore.degradations.rng import keyed_rng
 
     out, _ = demo
@@ -144,7 +145,7 @@ def test_degradations_are_seeded_per_image(demo):
 def test_missing_package_error_names_the_install_command(monkeypatch):
     import importlib.util
 
-    from medrestore.datasets import demo_sources
+    from medrestore.prepare import demo_sources
 
     real = importlib.util.find_spec
 

@@ -18,7 +18,7 @@ import pytest
 
 import fake_trees as ft
 from conftest import REPO
-from medrestore.datasets.converters.base import ConvertError
+from medrestore.sample import WindowError
 from medrestore.io.base import ReadError, read_image
 
 TESTS = Path(__file__).resolve().parent
@@ -172,7 +172,7 @@ def test_16_bit_photo_is_refused_by_the_default_8_bit_window_of_restore_file(tmp
     photo[0, 0, 0] = 40000
     src = ft.write_tiff(tmp_path / "photo16.tif", photo)
     r = Restorer(torch.nn.Identity())
-    with pytest.raises(ConvertError) as exc:
+    with pytest.raises(WindowError) as exc:
         r.restore_file(src, tmp_path / "out.tif", task="natural_denoise")
     one_line_error(exc, str(src), "uint16", "max 40000", "[0, 255]", "normalisation=")
     assert not (tmp_path / "out.tif").exists()
@@ -228,9 +228,7 @@ def test_converter_errors_name_the_source_file(tmp_path, capsys):
 
 def test_run_converter_prefixes_the_source_of_a_failing_sample(tmp_path):
     """A NaN that appears during conversion (not in the file) is named by its source files."""
-    import argparse
-
-    from medrestore.datasets.converters.base import Converter, Item, Record, run_converter
+    from medrestore.prepare.base import Converter, Item, Record, run_converter
     from medrestore.io.hdf5 import ShardError
     from medrestore.sample import make_meta
 
@@ -248,10 +246,9 @@ def test_run_converter_prefixes_the_source_of_a_failing_sample(tmp_path):
             meta = make_meta("pet_synthesis", source={"gt": f"{item.unit}.png"})
             yield Record("pet_synthesis", f"broken/{item.unit}", gt, gt.copy(), meta)
 
-    args = argparse.Namespace(src=tmp_path, out=tmp_path / "b.h5", overwrite=False, quiet=True,
-                              seed=0, limit=None)
+    opts = Broken().options(src=tmp_path, out=tmp_path / "b.h5", quiet=True)
     with pytest.raises(ShardError) as exc:
-        run_converter(Broken(), args)
+        run_converter(Broken(), opts)
     one_line_error(exc, f"{tmp_path / 'u1.png'}: broken/u1: gt has 1 non-finite value(s)")
     assert not list(tmp_path.glob("b.h5*"))
 
@@ -277,9 +274,9 @@ def test_free_space_is_checked_before_writing(tmp_path, monkeypatch, capsys):
 
 
 def test_free_space_check_of_the_caption_cache(tmp_path, monkeypatch):
-    from medrestore.captions.build import build_cache, collect_images
-    from medrestore.captions.cache import CacheError, parts_dir
-    from medrestore.captions.captioners import TemplateCaptioner
+    from medrestore.io.textcache import CacheError, parts_dir
+    from medrestore.prepare.captions.build import build_cache, collect_images
+    from medrestore.prepare.captions.captioners import TemplateCaptioner
     from test_captions import HashEncoder, write_shared_shard
 
     shard = write_shared_shard(tmp_path / "s.h5", n=4)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medrestore.errors import ConfigError
 from medrestore.models.archs.restormer import Restormer, pad_to_multiple, restormer, restormer_tiny
 from medrestore.models.layers.restormer import MDTA, LayerNorm2d, TransformerBlock
 from medrestore.registry import build_arch
@@ -97,10 +98,14 @@ def test_pad_disabled_needs_multiples_of_8() -> None:
 
 
 def test_invalid_config_rejected() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match=r"model\.net\.pad_multiple=12; expected a multiple of 8"):
         restormer_tiny(pad_multiple=12)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match=r"model\.net\.layernorm_type='withbias'; expected"):
         restormer_tiny(layernorm_type="withbias")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"model\.net\.num_blocks=\[1, 1, 1\]; expected 4"):
+        restormer_tiny(num_blocks=(1, 1, 1))
+    with pytest.raises(ConfigError, match=r"model\.net\.heads=\[1, 3, 2, 2\]; expected level 2"):
+        restormer_tiny(heads=(1, 3, 2, 2))
 
 
 def test_variants_run() -> None:
@@ -169,6 +174,33 @@ def test_override_points_are_used() -> None:
         x = torch.rand(1, 3, 16, 16)
         assert torch.equal(net.eval()(x), plain.eval()(x))
     assert calls.count("dw") == calls.count("attend") == 8  # 3 enc + latent + 3 dec + refine
+
+
+def test_head_and_conditioning_hooks() -> None:
+    seen: list[tuple[str, object]] = []
+
+    class Hooked(Restormer):
+        def build_head(self, channels: int) -> None:
+            self.pre_output = torch.nn.Identity()  # registered between refinement and output
+            super().build_head(channels)
+
+        def run_stage(self, stage: str, x: Tensor, cond: object = None) -> Tensor:
+            seen.append((stage, cond))
+            return super().run_stage(stage, x, cond)
+
+    tiny = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2),
+                ffn_expansion_factor=2.0)
+    net = Hooked(**tiny).eval()  # type: ignore[arg-type]
+    names = list(dict(net.named_children()))
+    assert names[-3:] == ["refinement", "pre_output", "output"]
+    skips, latent_in = net.encode(torch.rand(1, 3, 16, 16))
+    seen.clear()
+    with torch.no_grad():
+        out = net.decode(net.latent(latent_in), skips, "c")
+        dec1 = net.decode_levels(net.latent(latent_in), skips, "c")
+        assert torch.equal(out, net.refinement(dec1))  # decode = refinement(decode_levels)
+    assert seen[:4] == [("decoder_level3", "c"), ("decoder_level2", "c"),
+                        ("decoder_level1", "c"), ("refinement", "c")]
 
 
 def test_registry_builds() -> None:

@@ -71,7 +71,6 @@ def test_pickle_really_runs_code_without_weights_only(tmp_path):
 
 def test_restorer_and_loaders_refuse_crafted_files(tmp_path, good_ckpt):
     from medrestore.inference.restorer import Restorer
-    from medrestore.models.archs.tat_official import load_pretrained as tat_load
     from medrestore.models.pretrained import load_pretrained
     from medrestore.modules.restoration import RestorationModule
 
@@ -94,7 +93,7 @@ def test_restorer_and_loaders_refuse_crafted_files(tmp_path, good_ckpt):
     with pytest.raises(ConfigError, match="pickle.pth: refused"):
         model.load_pretrained(str(files["pickle.pth"]))
     with pytest.raises(ConfigError, match="pickle.pth: refused"):
-        tat_load(model.net, files["pickle.pth"])
+        load_pretrained(model.net, files["pickle.pth"], "official", "tat")
     assert not marker.exists()
 
 

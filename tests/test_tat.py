@@ -12,13 +12,13 @@ import torch.nn.functional as F
 
 from medrestore.errors import ConfigError
 from medrestore.models.archs.tat import TAT, tat, tat_tiny
-from medrestore.models.archs.tat_official import (convert_official_state_dict, load_pretrained,
-                                                  to_official_state_dict)
+from medrestore.models.archs.tat_official import convert_official_state_dict, to_official_state_dict
 from medrestore.models.layers import tlc as tlc_mod
 from medrestore.models.layers.dynamic import (AdaptiveTransformerBlock,
                                               dynamic_depthwise_conv2d)
 from medrestore.models.layers.restormer import MDTA, TransformerBlock
 from medrestore.models.layers.tlc import LocalMDTA, TLC, window_grid, window_starts
+from medrestore.models.pretrained import load_pretrained
 from medrestore.registry import build_arch
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tat_official_keys.json"
@@ -206,7 +206,7 @@ def test_tlc_not_used_at_training_size_or_in_training(monkeypatch: pytest.Monkey
     net(torch.rand(1, 1, 64, 56))
     assert calls
     assert tat_tiny(tlc=False).latent[0].attn.tlc.mode is False
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="model.net.tlc='yes'"):
         net.set_tlc("yes")  # type: ignore[arg-type]
 
 
@@ -291,8 +291,14 @@ def test_zero_output_gives_identity_and_aliases() -> None:
         assert torch.equal(net(x), x)
     alias = tat_tiny(inp_channels=3, out_channels=3, LayerNorm_type="BiasFree")
     assert alias.in_channels == 3 and alias.layernorm_type == "BiasFree"
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"model\.net\.dim=9; expected an even number"):
         tat_tiny(dim=9)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"model\.net\.inp_channels=1 and model\.net\.in_ch"):
         tat_tiny(in_channels=1, inp_channels=1)
+    with pytest.raises(ConfigError, match=r"model\.net\.train_size=4; expected at least 8"):
+        tat_tiny(train_size=4)
+    with pytest.raises(ConfigError, match=r"model\.net\.tlc='yes'; expected true, false or 'auto'"):
+        tat_tiny(tlc="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"model\.net\.heads=\[1, 1, 3, 2\]; expected level 3"):
+        tat_tiny(heads=(1, 1, 3, 2))
 

@@ -33,6 +33,7 @@ lists, and adds ``channels`` (native channel count per sample), ``task_id`` and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
@@ -49,6 +50,10 @@ REQUIRED_META = ("modality", "channels", "normalisation", "spacing")
 
 class SampleError(MedrestoreError, ValueError):
     """A sample or batch that breaks the contract."""
+
+
+class WindowError(SampleError):
+    """A normalisation window that cannot hold the data, or an impossible window."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,66 @@ def make_meta(task: str, *, normalisation: Normalisation | Mapping[str, Any] | N
     }
     meta.update(extra)
     return meta
+
+
+def window_for(dtype: np.dtype, task: str, window: Sequence[float] | None = None,
+               unit: str | None = None) -> dict[str, Any]:
+    """The normalisation of a sample, as a dict (the rule of the converters and the restorer).
+
+    An explicit ``window`` (and ``unit``) wins; otherwise 8-bit data get [0, 255] "8-bit" (the
+    full range of the type: photos and 8-bit products of any task), everything else the task's
+    registry window (HU, MR a.u., SUV, DN)."""
+    if window is not None:
+        lo, hi = (float(v) for v in window)
+        if not hi > lo:
+            raise WindowError(f"--window needs LOW < HIGH, got {lo} {hi}")
+        default_unit = Normalisation.for_task(task).unit
+        return Normalisation(lo, hi, unit=unit if unit is not None else default_unit).to_dict()
+    if np.dtype(dtype) == np.uint8:
+        return Normalisation(0.0, 255.0, unit=unit or "8-bit").to_dict()
+    n = Normalisation.for_task(task)
+    return Normalisation(n.low, n.high, unit=unit or n.unit).to_dict()
+
+
+_DEPTH_UNIT = re.compile(r"\d+-bit")
+
+
+def check_window(image: np.ndarray, norm: Mapping[str, Any] | Any, source: Any,
+                 hint: str | None = None) -> None:
+    """Refuse integer data deeper than a bit-depth window (``unit`` like ``"8-bit"``).
+
+    The natural tasks' default window is the 8-bit [0, 255]: a 16-bit photo (values up to
+    65,535) would be clipped to 255 and scored there without a word. Physical windows (HU,
+    a.u., SUV, DN) clip out-of-window values by design and are not checked; neither is a window
+    the user chose. ``norm`` is a normalisation dict (or object with ``low``/``high``/``unit``);
+    ``source`` names the file; ``hint`` says how to choose another window (default: the
+    converters' ``--window``)."""
+    get = norm.get if isinstance(norm, Mapping) else (lambda k: getattr(norm, k, None))
+    image = np.asarray(image)
+    if image.dtype.kind not in "iu" or image.size == 0 \
+            or not _DEPTH_UNIT.fullmatch(str(get("unit") or "")):
+        return
+    low, high = float(get("low")), float(get("high"))
+    lo, hi = image.min(), image.max()
+    if lo >= low and hi <= high:
+        return
+    info = np.iinfo(image.dtype)
+    if hint is None:
+        hint = (f"pass --window LOW HIGH for the data's range (e.g. --window {info.min} "
+                f"{info.max} for the full {image.dtype} range)")
+    raise WindowError(f"{source}: {image.dtype} data with max {int(hi)} (min {int(lo)}) do not "
+                      f"fit the {get('unit')} window [{low:g}, {high:g}] and would be clipped; "
+                      f"{hint}")
+
+
+def pick_window(image: np.ndarray, task: str, source: Any,
+                window: Sequence[float] | None = None, unit: str | None = None) -> dict[str, Any]:
+    """:func:`window_for` the image's dtype, then :func:`check_window` unless ``window`` was
+    given explicitly."""
+    norm = window_for(np.asarray(image).dtype, task, window, unit)
+    if window is None:
+        check_window(image, norm, source)
+    return norm
 
 
 def make_sample(lq, gt, task: str, key: str, meta: Mapping[str, Any] | None = None,

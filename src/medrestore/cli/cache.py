@@ -19,11 +19,10 @@ command after an interruption and only the missing entries are computed. Sharded
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from medrestore.errors import ConfigError, MedrestoreError
+from medrestore.errors import MedrestoreError
 
 
 def _add_sets(p: argparse.ArgumentParser, required: bool) -> None:
@@ -38,71 +37,40 @@ def _add_sets(p: argparse.ArgumentParser, required: bool) -> None:
                         "train val test)")
 
 
-def _sets(args: argparse.Namespace):
-    from medrestore.captions.build import data_config_sets
-
-    if args.sets:
-        return list(args.sets), args.tasks
-    sets, tasks = data_config_sets(args.data, args.data_override)
-    return sets, args.tasks if args.tasks is not None else tasks
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
-
-
 def _size_mb(path: Path) -> float:
     return path.stat().st_size / 2**20
 
 
 def _build(args: argparse.Namespace) -> int:
-    from medrestore.captions.build import (SPLITS, build_cache, collect_images,
-                                           load_cache_config)
-    from medrestore.captions.captioners import build_captioner
-    from medrestore.captions.encoders import build_encoder
+    from medrestore.prepare.captions.build import build_from_config
 
-    cfg = load_cache_config(args.config, args.set)
-    if args.quiet:  # also silences the weight-loading bars of transformers / the hub
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rank = args.rank if args.rank is not None else _env_int("RANK", 0)
-    world = args.world_size if args.world_size is not None else _env_int("WORLD_SIZE", 1)
-    sets, tasks = _sets(args)
-    splits = args.splits or cfg.get("splits") or list(SPLITS)
-    images = collect_images(sets, splits, tasks)
-    if not images:
-        raise ConfigError(f"no {'/'.join(splits)} images in the sets"
-                              + (f" for tasks {tasks}" if tasks else ""))
-    captioner = build_captioner(cfg["captioner"])
-    encoder = build_encoder(cfg["encoder"])
-    report = build_cache(args.cache, images, captioner, encoder, overwrite=args.overwrite,
-                         batch_size=args.batch_size or int(cfg.get("batch_size", 8)),
-                         flush_every=args.flush_every or int(cfg.get("flush_every", 128)),
-                         progress=not args.quiet, rank=rank, world_size=world)
+    report = build_from_config(
+        args.cache, sets=args.sets, data=args.data, data_override=args.data_override,
+        tasks=args.tasks, splits=args.splits, config=args.config, overrides=args.set,
+        batch_size=args.batch_size, flush_every=args.flush_every, rank=args.rank,
+        world_size=args.world_size, threads=args.threads, overwrite=args.overwrite,
+        quiet=args.quiet)
     path = Path(report["path"])
     per_k = 1000 * report["seconds"] / report["computed"] if report["computed"] else 0.0
     print(f"wrote {path}: {report['count']} entries ({report['computed']} computed, "
           f"{report['total'] - report['computed']} already there) in {report['seconds']:.1f} s"
           + (f" = {per_k:.0f} s per 1,000 images" if report["computed"] else "")
-          + f" on {torch.get_num_threads()} CPU thread(s); {_size_mb(path):.2f} MB; "
+          + f" on {report['threads']} CPU thread(s); {_size_mb(path):.2f} MB; "
           f"fingerprint {report['fingerprint_id']}")
-    if world > 1:
-        print(f"rank {rank} of {world} done; combine the ranks with: medrestore-cache merge {args.cache}")
+    if report["world_size"] > 1:
+        print(f"rank {report['rank']} of {report['world_size']} done; combine the ranks with: "
+              f"medrestore-cache merge {args.cache}")
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from medrestore.captions.build import SPLITS, set_keys
-    from medrestore.captions.cache import check_cache, describe_fingerprint, parts_dir
+    from medrestore.io.textcache import check_cache, describe_fingerprint, parts_dir
+    from medrestore.prepare.captions.build import SPLITS, resolve_sets, set_keys
 
     keys = None
     splits = args.splits or list(SPLITS)
     if args.sets or args.data:
-        sets, tasks = _sets(args)
+        sets, tasks = resolve_sets(args.sets, args.data, args.data_override, args.tasks)
         keys = set_keys(sets, splits, tasks)
     r = check_cache(args.cache, keys)
     h = r["header"]
@@ -129,7 +97,7 @@ def _check(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from medrestore.captions.cache import TextCache, describe_fingerprint
+    from medrestore.io.textcache import TextCache, describe_fingerprint
 
     cache = TextCache(args.cache)
     e = cache.entry(args.key)
@@ -147,28 +115,11 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from medrestore.captions.cache import CacheError, merge_files, parts_dir, rank_path
+    from medrestore.io.textcache import merge_ranks
 
-    out = Path(args.out)
-    inputs = [Path(p) for p in args.inputs]
-    if not inputs:
-        found = sorted(out.parent.glob(f"{out.stem}.rank*-of-*{out.suffix}"))
-        worlds = {p.stem.rsplit("-of-", 1)[-1] for p in found}
-        if not found:
-            raise CacheError(f"{out}: no rank files {out.stem}.rank<R>-of-<W>{out.suffix} to merge")
-        if len(worlds) != 1:
-            raise CacheError(f"{out}: rank files of several world sizes {sorted(worlds)}; "
-                             "name the inputs explicitly")
-        world = int(worlds.pop())
-        inputs = [rank_path(out, r, world) for r in range(world)]
-        absent = [str(p) for p in inputs if not p.exists()]
-        if absent:
-            raise CacheError(f"{out}: rank file(s) missing: {absent}; finish those ranks first")
-    for p in inputs:
-        if parts_dir(p).exists():
-            raise CacheError(f"{p}: its build has not finished ({parts_dir(p)} exists); rerun it")
-    n = merge_files(out, inputs, overwrite=args.overwrite)
-    print(f"merged {len(inputs)} file(s) into {out}: {n} entries, {_size_mb(out):.2f} MB")
+    inputs, n = merge_ranks(args.out, args.inputs, overwrite=args.overwrite)
+    print(f"merged {len(inputs)} file(s) into {args.out}: {n} entries, "
+          f"{_size_mb(Path(args.out)):.2f} MB")
     return 0
 
 

@@ -1,89 +1,56 @@
 """``medrestore-prepare``: build HDF5 pair shards from raw data.
 
-    medrestore-prepare demo [--out data/demo/demo.h5] [--seed 0] [--overwrite]
+    medrestore-prepare demo [--out data/demo/demo.h5] [--seed 0] [--max-side 256] [--overwrite]
     medrestore-prepare DATASET --src DIR --out FILE.h5 [--overwrite] [--quiet] [--seed S]
                                [--limit N] [dataset options]
 
-DATASET is one of the converters in ``medrestore.datasets.converters`` (aapm_mayo, ixi, pet,
-div2k, df2k, rain100l, gopro, ucmerced, cuhk_cr1, rice1, paired_folder, clean_folder); each
-one's expected layout, split rule and normalisation are in docs/datasets.md and its --help."""
+DATASET is one of the converters of ``medrestore.prepare`` (aapm_mayo, ixi, pet, div2k, df2k,
+rain100l, gopro, ucmerced, cuhk_cr1, rice1, paired_folder, clean_folder); each one's expected
+layout, split rule and normalisation are in docs/datasets.md and its --help. The flags of each
+sub-command are generated from the converter's options dataclass; from Python the same run is
+``medrestore.prepare.run(DATASET, src=..., out=...)``."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-from pathlib import Path
 
 from medrestore.errors import MedrestoreError
-from medrestore.io.hdf5 import ShardError
-
-DEFAULT_DEMO = Path(os.environ.get("MEDRESTORE_DATA_DIR", "data")) / "demo" / "demo.h5"
 
 
-def _refuse_existing(out: Path, overwrite: bool) -> None:
-    # checked before any slow work, so a mistyped path costs nothing and loses nothing
-    if out.exists() and not overwrite:
-        raise ShardError(f"{out}: already exists; pass --overwrite to replace it")
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one ``error: ...`` line (exit 2), like every
+    other error of the command."""
 
-
-def _demo(args: argparse.Namespace) -> int:
-    _refuse_existing(args.out, args.overwrite)
-    from medrestore.datasets.demo import build_demo
-
-    t0 = time.perf_counter()
-    summary = build_demo(args.out, seed=args.seed, overwrite=args.overwrite,
-                         max_side=args.max_side, progress=not args.quiet)
-    print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s")
-    counts = summary.get("counts", summary)
-    if isinstance(counts, dict):
-        for task, per_split in counts.items():
-            print(f"  {task:<16} {per_split}")
-    return 0
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medrestore-prepare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from medrestore.prepare import CONVERTERS
+    from medrestore.prepare.options import add_options
+
+    p = _Parser(prog="medrestore-prepare", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    d = sub.add_parser("demo", help="embedded multi-domain demo from images shipped in packages")
-    d.add_argument("--out", type=Path, default=DEFAULT_DEMO, help=f"output shard (default {DEFAULT_DEMO})")
-    d.add_argument("--seed", type=int, default=0, help="degradation seed (default 0)")
-    d.add_argument("--max-side", type=int, default=256, help="longest image side in pixels")
-    d.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
-    d.set_defaults(func=_demo)
-    _add_converters(sub)
-    return p
-
-
-def _add_converters(sub) -> None:
-    from medrestore.datasets.converters import CONVERTERS, get_converter
-    from medrestore.datasets.converters.base import add_common_arguments
-
-    for name in CONVERTERS:
-        conv = get_converter(name)
+    for name in CONVERTERS.names():
+        conv = CONVERTERS.build(name)
         c = sub.add_parser(name, help=conv.help, description=type(conv).__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_common_arguments(c)
-        conv.add_arguments(c)
-        c.set_defaults(func=_convert)
-
-
-def _convert(args: argparse.Namespace) -> int:
-    from medrestore.datasets.converters import get_converter
-    from medrestore.datasets.converters.base import format_summary, run_converter
-
-    summary = run_converter(get_converter(args.dataset), args)
-    print(format_summary(summary))
-    return 0
+        add_options(c, conv.Options)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        from medrestore.prepare import CONVERTERS
+        from medrestore.prepare.base import format_summary, run_converter
+        from medrestore.prepare.options import options_from_args
+
+        conv = CONVERTERS.build(args.dataset)
+        print(format_summary(run_converter(conv, options_from_args(conv.Options, args))))
+        return 0
     except MedrestoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

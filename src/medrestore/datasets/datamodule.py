@@ -112,12 +112,12 @@ class MultiTaskDataModule(L.LightningDataModule):
         upsample_lq: bring low-resolution SR inputs to the GT grid (scale-1 networks).
         val_batch_size / test_batch_size: full images of different sizes need 1. Val / test
             images must be at least the SSIM window (11×11) a side (checked at setup).
-        text_cache: a caption cache (:mod:`medrestore.captions.cache`); adds ``text_emb``
+        text_cache: a caption cache (:mod:`medrestore.io.textcache`); adds ``text_emb``
             (float32, the pooled embedding, looked up by ``key``) to every sample. Every key of
             a split must have an entry (a missing one is an error naming key and cache).
         text_dim: the embedding width expected of the cache (error if it differs); ``None``
             accepts the cache's. ``dm.text_dim`` reports the cache's width for models to check
-            with :func:`medrestore.captions.cache.check_text_width`.
+            with :func:`medrestore.io.textcache.check_text_width`.
     """
 
     def __init__(self, sets: Any, tasks: Sequence[str] | None = None, patch_size: int = 128,
@@ -166,7 +166,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         """The opened caption cache (``None`` without one). Opened on first use, like the
         shards: building the DataModule from a config touches no file."""
         if self.text_cache_path is not None and self._text is None:
-            from medrestore.captions.cache import TextCache
+            from medrestore.io.textcache import TextCache
 
             cache = TextCache(self.text_cache_path)  # reads the header and key index only
             if self.expected_text_dim is not None and self.expected_text_dim != cache.dim:

@@ -18,7 +18,7 @@ LR window is read, so no pixel is resampled twice.
 Datasets store only paths and manifest rows; HDF5 files are opened lazily in the process that
 reads them (keyed by pid, so a forked DataLoader worker never reuses its parent's handle).
 
-With a caption cache (``text_cache``, :class:`medrestore.captions.cache.TextCache` or its
+With a caption cache (``text_cache``, :class:`medrestore.io.textcache.TextCache` or its
 path) every sample also gets ``text_emb``: the pooled text embedding of its clean image, looked
 up by ``key``. Every key is checked when the dataset is built, so a missing entry fails at once,
 naming the key and the cache. Only the cache file is read: no captioner or encoder is loaded.
@@ -65,7 +65,7 @@ def open_text_cache(text_cache: Any, rows: Sequence[Mapping[str, Any]], what: st
     """``None`` | path | ``TextCache`` -> ``TextCache`` (or ``None``) holding every row's key."""
     if text_cache is None:
         return None
-    from medrestore.captions.cache import TextCache
+    from medrestore.io.textcache import TextCache
 
     cache = text_cache if isinstance(text_cache, TextCache) else TextCache(text_cache)
     cache.require((r["key"] for r in rows), what)

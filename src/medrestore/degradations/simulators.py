@@ -31,7 +31,7 @@ import numpy as np
 from medrestore.degradations import ct, mri, natural, pet, remote_sensing
 from medrestore.degradations.resize import bicubic_sr
 from medrestore.errors import ConfigError, MedrestoreError
-from medrestore.registry import TASKS
+from medrestore.registry import TASKS, Registry, RegistryError
 
 __all__ = ["SIMULATORS", "SPACES", "Simulator", "default_simulator", "get_simulator", "simulate"]
 
@@ -169,69 +169,69 @@ def _cloud(x: np.ndarray, rng: np.random.Generator, *, mask: Any, coverage: floa
 
 
 # ------------------------------------------------------------------ registry
-def _build() -> dict[str, Simulator]:
-    sims = (
-        Simulator("ct_low_dose", "ct_denoise", "physical", _ct_low_dose,
-                  {"dose_factor": _task_default("ct_denoise", "dose_factor", 0.25),
-                   "i0": ct.DEFAULT_I0, "electronic_noise_std": 0.0, "n_angles": None,
-                   "spacing": None},
-                  "reduced-dose CT: HU -> attenuation, parallel-beam projection, Poisson counts "
-                  "(dose_factor * i0 photons per ray), ramp FBP -> HU; spacing = pixel size in mm "
-                  "(square, default 1 mm); n_angles None = ceil(pi/2 * width)", slow=True),
-        Simulator("mri_kspace", "mri_sr", "physical", _mri("kspace"),
-                  {"scale": _task_default("mri_sr", "scale", 4), "rician_sigma": 0.0},
-                  "MRI low resolution: keep the central 1/scale of k-space per axis, zero-fill, "
-                  "magnitude; optional Rician noise (sigma in MR a.u.)"),
-        Simulator("mri_bicubic", "mri_sr", "physical", _mri("bicubic"),
-                  {"scale": _task_default("mri_sr", "scale", 4), "rician_sigma": 0.0},
-                  "MRI low resolution by MATLAB-bicubic down-sampling of the magnitude image and "
-                  "up-sampling back; optional Rician noise (sigma in MR a.u.)"),
-        Simulator("pet_low_count", "pet_synthesis", "physical", _pet_low_count,
-                  {"dose_reduction": _task_default("pet_synthesis", "dose_reduction", 12),
-                   "count_scale": pet.DEFAULT_COUNT_SCALE},
-                  "low-count PET: Poisson(activity * count_scale / dose_reduction) rescaled to "
-                  "activity units (mean kept, independent voxels)"),
-        Simulator("bicubic", "natural_sr", "unit", _bicubic,
-                  {"scale": _task_default("natural_sr", "scale", 4), "clip": True},
-                  "MATLAB-bicubic down-sampling by scale, then MATLAB-bicubic up-sampling to the "
-                  "HR grid; clip to [0, 1]"),
-        Simulator("rs_bicubic", "rs_sr", "unit", _bicubic,
-                  {"scale": _task_default("rs_sr", "scale", 4), "clip": True},
-                  "remote-sensing SR: MATLAB-bicubic down by scale and up to the HR grid, all "
-                  "bands alike; clip to [0, 1]"),
-        Simulator("gaussian_noise", "natural_denoise", "unit", _gaussian_noise,
-                  {"sigma": _task_default("natural_denoise", "sigma", 25), "clip": True},
-                  "additive white Gaussian noise, std sigma/255 of the normalised window "
-                  "(sigma on the 0-255 scale; 15, 25, 50 in the benchmarks); clip to [0, 1]"),
-        Simulator("rain", "derain", "unit", _rain,
-                  {"density": None, "length": None, "angle": None, "intensity": None, "width": 0.6},
-                  "synthetic light rain: sparse seeds smeared into streaks, screen blend (adds "
-                  "light only); None = drawn (density 0.002-0.006, length 8-20 px, angle +-25 deg, "
-                  "intensity 0.45-0.75)"),
-        Simulator("motion_blur", "deblur", "unit", _motion_blur,
-                  {"length": None, "angle": None, "boundary": "reflect"},
-                  "uniform linear motion blur (line kernel summing to 1); None = drawn (length "
-                  "5-15 px, angle 0-180 deg from vertical)"),
-        Simulator("haze", "dehaze", "unit", _haze,
-                  {"transmission": None, "beta": None, "airlight": None, "depth": None,
-                   "depth_variation": 0.2},
-                  "atmospheric scattering I = J t + A (1 - t), t = exp(-beta depth); None = drawn "
-                  f"(beta {HAZE_BETA_RANGE[0]}-{HAZE_BETA_RANGE[1]}, airlight "
-                  f"{HAZE_AIRLIGHT_RANGE[0]}-{HAZE_AIRLIGHT_RANGE[1]}, smooth depth "
-                  "1 +- depth_variation)"),
-        Simulator("cloud", "cloud_removal", "unit", _cloud,
-                  {"mask": None, "coverage": None, "beta": remote_sensing.DEFAULT_CLOUD_BETA,
-                   "softness": 1.0, "max_opacity": 0.6, "brightness": 0.95, "blur_sigma": 3.0,
-                   "texture": 0.35},
-                  "thin cloud I = (1 - alpha) J + alpha b over a fractal (1/f^beta) cloud field "
-                  f"with the given coverage (None = drawn {CLOUD_COVERAGE_RANGE[0]}-"
-                  f"{CLOUD_COVERAGE_RANGE[1]}) or over a given H×W mask (e.g. Landsat QA)"),
-    )
-    return {s.name: s for s in sims}
+#: Every simulator by name: a :class:`~medrestore.registry.Registry` of :class:`Simulator`
+#: entries (another package may add one, or a ``"module:attr"`` string naming one).
+SIMULATORS = Registry("simulator")
 
-
-#: Every simulator by name.
-SIMULATORS: dict[str, Simulator] = _build()
+for _sim in (
+    Simulator("ct_low_dose", "ct_denoise", "physical", _ct_low_dose,
+              {"dose_factor": _task_default("ct_denoise", "dose_factor", 0.25),
+               "i0": ct.DEFAULT_I0, "electronic_noise_std": 0.0, "n_angles": None,
+               "spacing": None},
+              "reduced-dose CT: HU -> attenuation, parallel-beam projection, Poisson counts "
+              "(dose_factor * i0 photons per ray), ramp FBP -> HU; spacing = pixel size in mm "
+              "(square, default 1 mm); n_angles None = ceil(pi/2 * width)", slow=True),
+    Simulator("mri_kspace", "mri_sr", "physical", _mri("kspace"),
+              {"scale": _task_default("mri_sr", "scale", 4), "rician_sigma": 0.0},
+              "MRI low resolution: keep the central 1/scale of k-space per axis, zero-fill, "
+              "magnitude; optional Rician noise (sigma in MR a.u.)"),
+    Simulator("mri_bicubic", "mri_sr", "physical", _mri("bicubic"),
+              {"scale": _task_default("mri_sr", "scale", 4), "rician_sigma": 0.0},
+              "MRI low resolution by MATLAB-bicubic down-sampling of the magnitude image and "
+              "up-sampling back; optional Rician noise (sigma in MR a.u.)"),
+    Simulator("pet_low_count", "pet_synthesis", "physical", _pet_low_count,
+              {"dose_reduction": _task_default("pet_synthesis", "dose_reduction", 12),
+               "count_scale": pet.DEFAULT_COUNT_SCALE},
+              "low-count PET: Poisson(activity * count_scale / dose_reduction) rescaled to "
+              "activity units (mean kept, independent voxels)"),
+    Simulator("bicubic", "natural_sr", "unit", _bicubic,
+              {"scale": _task_default("natural_sr", "scale", 4), "clip": True},
+              "MATLAB-bicubic down-sampling by scale, then MATLAB-bicubic up-sampling to the "
+              "HR grid; clip to [0, 1]"),
+    Simulator("rs_bicubic", "rs_sr", "unit", _bicubic,
+              {"scale": _task_default("rs_sr", "scale", 4), "clip": True},
+              "remote-sensing SR: MATLAB-bicubic down by scale and up to the HR grid, all "
+              "bands alike; clip to [0, 1]"),
+    Simulator("gaussian_noise", "natural_denoise", "unit", _gaussian_noise,
+              {"sigma": _task_default("natural_denoise", "sigma", 25), "clip": True},
+              "additive white Gaussian noise, std sigma/255 of the normalised window "
+              "(sigma on the 0-255 scale; 15, 25, 50 in the benchmarks); clip to [0, 1]"),
+    Simulator("rain", "derain", "unit", _rain,
+              {"density": None, "length": None, "angle": None, "intensity": None, "width": 0.6},
+              "synthetic light rain: sparse seeds smeared into streaks, screen blend (adds "
+              "light only); None = drawn (density 0.002-0.006, length 8-20 px, angle +-25 deg, "
+              "intensity 0.45-0.75)"),
+    Simulator("motion_blur", "deblur", "unit", _motion_blur,
+              {"length": None, "angle": None, "boundary": "reflect"},
+              "uniform linear motion blur (line kernel summing to 1); None = drawn (length "
+              "5-15 px, angle 0-180 deg from vertical)"),
+    Simulator("haze", "dehaze", "unit", _haze,
+              {"transmission": None, "beta": None, "airlight": None, "depth": None,
+               "depth_variation": 0.2},
+              "atmospheric scattering I = J t + A (1 - t), t = exp(-beta depth); None = drawn "
+              f"(beta {HAZE_BETA_RANGE[0]}-{HAZE_BETA_RANGE[1]}, airlight "
+              f"{HAZE_AIRLIGHT_RANGE[0]}-{HAZE_AIRLIGHT_RANGE[1]}, smooth depth "
+              "1 +- depth_variation)"),
+    Simulator("cloud", "cloud_removal", "unit", _cloud,
+              {"mask": None, "coverage": None, "beta": remote_sensing.DEFAULT_CLOUD_BETA,
+               "softness": 1.0, "max_opacity": 0.6, "brightness": 0.95, "blur_sigma": 3.0,
+               "texture": 0.35},
+              "thin cloud I = (1 - alpha) J + alpha b over a fractal (1/f^beta) cloud field "
+              f"with the given coverage (None = drawn {CLOUD_COVERAGE_RANGE[0]}-"
+              f"{CLOUD_COVERAGE_RANGE[1]}) or over a given H×W mask (e.g. Landsat QA)"),
+):
+    SIMULATORS.add(_sim.name, _sim)
+del _sim
 
 #: The simulator each task uses unless told otherwise.
 _DEFAULT_FOR_TASK: dict[str, str] = {
@@ -244,10 +244,9 @@ _DEFAULT_FOR_TASK: dict[str, str] = {
 def get_simulator(name: str) -> Simulator:
     """The simulator called ``name``; :class:`ConfigError` listing the known names otherwise."""
     try:
-        return SIMULATORS[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown simulator {name!r}; known simulators: "
-                          f"{', '.join(SIMULATORS)}") from None
+        return SIMULATORS.get(name)
+    except RegistryError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def default_simulator(task: str) -> str:

@@ -27,8 +27,9 @@ from medrestore.sample import Normalisation, to_native_channels
 
 
 def checkpoint_module_class(path: str | os.PathLike) -> Any:
-    """The LightningModule class that wrote a checkpoint (``medrestore_module`` entry), read
-    with ``weights_only=True`` (see :mod:`medrestore.modules.checkpoint`)."""
+    """The LightningModule class that wrote a checkpoint (``medrestore_module`` entry, or the
+    family of its architecture), read with ``weights_only=True``
+    (see :mod:`medrestore.modules.checkpoint`)."""
     from medrestore.modules.checkpoint import module_class_of, read_module_checkpoint
 
     return module_class_of(read_module_checkpoint(path, "checkpoint"), f"checkpoint={path}")
@@ -42,7 +43,8 @@ class Restorer:
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", module_class: Any = None) -> "Restorer":
         """``module_class`` defaults to the LightningModule recorded in the checkpoint
-        (TAT, DATPRL-IR, ...), falling back to :class:`RestorationModule`. The file is read
+        (TAT, DATPRL-IR, ...), else the one its architecture's family declares
+        (:data:`medrestore.registry.FAMILIES`), else :class:`RestorationModule`. The file is read
         with ``weights_only=True``: a checkpoint that would run code is refused."""
         from medrestore.modules.checkpoint import load_module
 
@@ -75,7 +77,7 @@ class Restorer:
         scaling. ``scale > 1`` (2-D SR inputs only) first brings the low-resolution image to
         the HR grid with MATLAB-compatible bicubic, as the loaders do; the written spacing is
         divided by ``scale``. Refuses an existing ``dst`` unless ``overwrite``."""
-        from medrestore.datasets.converters.base import check_window, window_for
+        from medrestore.sample import check_window, window_for
         from medrestore.io.base import WriteError, read_image, write_image
 
         dst = Path(dst)

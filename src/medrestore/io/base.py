@@ -3,8 +3,9 @@
 :func:`read_image` returns ``(array, meta)`` and :func:`write_image` writes such a pair back, in
 the format named, implied by the suffix, or recorded in ``meta["format"]`` (so an inference
 tool can write its output in the format it read). Each format is an :class:`ImageReader`
-(read + write) registered under a name and its suffixes; the implementation module is imported
-only when the format is first used, so this module needs nothing but numpy.
+(read + write) registered in :data:`IMAGE_FORMATS` (:func:`register_format`) under a name and
+its suffixes; the implementation module is imported only when the format is first used, so
+this module needs nothing but numpy and imports no reader module.
 
 Array conventions
 -----------------
@@ -38,7 +39,6 @@ say otherwise.
 from __future__ import annotations
 
 import errno
-import importlib
 import math
 import os
 import shutil
@@ -46,13 +46,13 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from medrestore.errors import MedrestoreError
+from medrestore.registry import Registry, RegistryError
 
 AXES_2D = "chw"
 AXES_3D = "zyx"
@@ -85,6 +85,11 @@ class ImageReader(ABC):
     def verify_suffix(self, path: str | os.PathLike) -> bool:
         return _match_suffix(Path(path).name, self.suffixes) is not None
 
+    def reads_directory(self, path: Path) -> bool:
+        """Whether this format reads the existing directory ``path`` (formats registered with
+        ``directory=True`` override this; a plain file format never does)."""
+        return False
+
     @abstractmethod
     def read(self, path: Path, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
         ...
@@ -95,31 +100,28 @@ class ImageReader(ABC):
         ...
 
 
-@dataclass(frozen=True)
-class FormatEntry:
-    name: str
-    target: str                  # "module:Class" of the ImageReader, imported on first use
-    suffixes: tuple[str, ...]    # lower case, with the dot; the first is the default suffix
-    directory: bool = False      # may be written as a directory (DICOM series)
+#: Image formats: name -> ``"module:Class"`` of an :class:`ImageReader`, imported on first use;
+#: metadata ``suffixes`` (lower case, with the dot; the first is the default suffix) and
+#: ``directory`` (the format may be read from and written as a directory: DICOM series).
+IMAGE_FORMATS = Registry("image format")
 
 
-_FORMATS: dict[str, FormatEntry] = {}
-_INSTANCES: dict[str, ImageReader] = {}
+def suffixes_of(name: str) -> tuple[str, ...]:
+    """The suffixes of a registered format, its default first."""
+    return IMAGE_FORMATS.meta(name)["suffixes"]
 
 
 def register_format(name: str, target: str, suffixes: tuple[str, ...], *,
                     directory: bool = False, replace: bool = False) -> None:
     """Add a format: ``target`` is ``"module:Class"`` of an :class:`ImageReader` subclass."""
-    if name in _FORMATS and not replace:
+    if name in IMAGE_FORMATS and not replace:
         raise ValueError(f"image format {name!r} is already registered")
     suffixes = tuple(s.lower() for s in suffixes)
     for s in suffixes:
-        other = next((f.name for f in _FORMATS.values() if s in f.suffixes and f.name != name),
-                     None)
+        other = next((f for f in IMAGE_FORMATS if f != name and s in suffixes_of(f)), None)
         if other is not None:
             raise ValueError(f"suffix {s!r} already belongs to image format {other!r}")
-    _FORMATS[name] = FormatEntry(name, target, suffixes, directory)
-    _INSTANCES.pop(name, None)
+    IMAGE_FORMATS.add(name, target, replace=True, suffixes=suffixes, directory=directory)
 
 
 register_format("dicom", "medrestore.io.dicom:DicomReader", (".dcm", ".ima", ".dicom"),
@@ -135,22 +137,19 @@ register_format("hdf5", "medrestore.io.h5array:H5ArrayReader", (".h5", ".hdf5", 
 
 def formats() -> list[str]:
     """Registered format names."""
-    return list(_FORMATS)
+    return IMAGE_FORMATS.names()
 
 
 def supported_suffixes() -> list[str]:
-    return [s for f in _FORMATS.values() for s in f.suffixes]
+    return [s for f in IMAGE_FORMATS for s in suffixes_of(f)]
 
 
 def get_reader(name: str) -> ImageReader:
     """The :class:`ImageReader` registered as ``name`` (imports its module on first use)."""
-    entry = _FORMATS.get(str(name).lower())
-    if entry is None:
-        raise ReadError(f"unknown image format {name!r}; known formats: {', '.join(_FORMATS)}")
-    if entry.name not in _INSTANCES:
-        module, cls = entry.target.split(":")
-        _INSTANCES[entry.name] = getattr(importlib.import_module(module), cls)()
-    return _INSTANCES[entry.name]
+    try:
+        return IMAGE_FORMATS.get(str(name).lower())()
+    except RegistryError as exc:
+        raise ReadError(str(exc)) from None
 
 
 def _match_suffix(filename: str, suffixes: tuple[str, ...] | list[str]) -> str | None:
@@ -164,10 +163,7 @@ def _match_suffix(filename: str, suffixes: tuple[str, ...] | list[str]) -> str |
 def format_for_suffix(path: str | os.PathLike) -> str | None:
     """The format whose suffix ``path`` ends with, or None."""
     name = Path(path).name
-    for entry in _FORMATS.values():
-        if _match_suffix(name, entry.suffixes):
-            return entry.name
-    return None
+    return next((f for f in IMAGE_FORMATS if _match_suffix(name, suffixes_of(f))), None)
 
 
 # Magic numbers for files without a known suffix; DICOM is checked separately (offset 128).
@@ -212,12 +208,15 @@ def detect_format(path: str | os.PathLike) -> str:
     """Format of an existing path: a directory of DICOM files, a known suffix, else the content."""
     p = Path(path)
     if p.is_dir():
-        from medrestore.io.dicom import dicom_files_in
-
-        if dicom_files_in(p, recursive=False, limit=1):
-            return "dicom"
-        raise ReadError(f"{p}: directory holds no DICOM files (only DICOM series are read from "
-                        "a directory; pass a file path for other formats)")
+        # each directory format's reader says whether it reads this folder (imported lazily
+        # through the registry, so this module imports none of them)
+        folders = [f for f in IMAGE_FORMATS if IMAGE_FORMATS.meta(f)["directory"]]
+        name = next((f for f in folders if get_reader(f).reads_directory(p)), None)
+        if name is not None:
+            return name
+        what = " or ".join(f.upper() for f in folders) or "image"
+        raise ReadError(f"{p}: directory holds no {what} files (only {what} series are read "
+                        "from a directory; pass a file path for other formats)")
     name = format_for_suffix(p)
     if name is not None:
         return name
@@ -294,7 +293,7 @@ def read_image(path: str | os.PathLike, reader: str | None = None, *,
         name = "dicom"                      # DICOM files may all sit in sub-folders
     else:
         name = detect_format(p)
-    if p.is_dir() and name != "dicom":
+    if p.is_dir() and not IMAGE_FORMATS.meta(name)["directory"]:
         raise ReadError(f"{p}: is a directory; the {name} reader needs a file")
     impl = get_reader(name)
     _check_options(p, name, kwargs, impl.read_options, ReadError)
@@ -380,22 +379,21 @@ def write_image(array: np.ndarray, meta: Mapping[str, Any] | None, path: str | o
     by_suffix = format_for_suffix(p)
     if format is not None:
         name = format.lower()
-        if name not in _FORMATS:
+        if name not in IMAGE_FORMATS:
             raise WriteError(f"{p}: unknown image format {format!r}; known formats: "
-                             f"{', '.join(_FORMATS)}")
+                             f"{', '.join(IMAGE_FORMATS)}")
         if by_suffix is not None and by_suffix != name:
             raise WriteError(f"{p}: suffix says {by_suffix} but format={format!r} was asked; "
-                             f"use a {' / '.join(_FORMATS[name].suffixes)} name")
+                             f"use a {' / '.join(suffixes_of(name))} name")
     elif by_suffix is not None:
         name = by_suffix
-    elif meta.get("format") in _FORMATS:
+    elif meta.get("format") in IMAGE_FORMATS:
         name = str(meta["format"])
     else:
         raise WriteError(f"{p}: cannot tell the format (no known suffix, no format= and no "
                          f"meta['format']); supported suffixes: {' '.join(supported_suffixes())}")
-    entry = _FORMATS[name]
-    if by_suffix is None and not entry.directory:
-        p = p.with_name(p.name + entry.suffixes[0])
+    if by_suffix is None and not IMAGE_FORMATS.meta(name)["directory"]:
+        p = p.with_name(p.name + suffixes_of(name)[0])
     impl = get_reader(name)
     _check_options(p, name, options, impl.write_options, WriteError)
     arr = np.asarray(array)

@@ -43,6 +43,8 @@ from medrestore.io.base import (
     base_meta,
     is_dicom_file,
     meta_affine,
+    one_line,
+    suffixes_of,
 )
 
 
@@ -162,10 +164,10 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         try:
             ds = pydicom.dcmread(p)
         except InvalidDicomError as exc:
-            raise DicomError(f"{p}: not a DICOM file ({_one_line(exc)})") from None
+            raise DicomError(f"{p}: not a DICOM file ({one_line(exc)})") from None
         except Exception as exc:  # truncated headers surface as EOFError, struct.error, ...
             raise DicomError(f"{p}: unreadable DICOM header ({type(exc).__name__}: "
-                             f"{_one_line(exc)})") from None
+                             f"{one_line(exc)})") from None
         if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
             raise DicomError(f"{p}: DICOM file has no pixel data (truncated after "
                              f"{p.stat().st_size} bytes, or not an image: SOP class "
@@ -176,7 +178,7 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
             syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             name = getattr(syntax, "name", syntax)
             raise DicomError(f"{p}: cannot decode pixel data (transfer syntax {name}; "
-                             f"{type(exc).__name__}: {_one_line(exc)})") from None
+                             f"{type(exc).__name__}: {one_line(exc)})") from None
         n_frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         arr = raw.astype(np.float64)
@@ -216,18 +218,14 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     if "PixelPaddingValue" in ds:
         meta["pixel_padding_value"] = _float(ds.get("PixelPaddingValue"))
     if caught:
-        meta["warnings"] = sorted({_one_line(w.message) for w in caught})
+        meta["warnings"] = sorted({one_line(w.message) for w in caught})
     return arr.astype(np.float32), meta
 
-
-def _one_line(exc: object) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 
 # ============================================================================ series reading
-DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+DICOM_SUFFIXES = suffixes_of("dicom")    # the format registry's list, not a copy
 DUPLICATE_TOL_MM = 1e-3      # slices closer than this along the normal are the same position
 
 
@@ -269,10 +267,10 @@ def _header(path: Path):
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError as exc:
-        raise DicomError(f"{path}: not a DICOM file ({_one_line(exc)})") from None
+        raise DicomError(f"{path}: not a DICOM file ({one_line(exc)})") from None
     except Exception as exc:  # truncated headers surface as EOFError, struct.error, ...
         raise DicomError(f"{path}: unreadable DICOM header ({type(exc).__name__}: "
-                         f"{_one_line(exc)})") from None
+                         f"{one_line(exc)})") from None
 
 
 def _int(value: Any) -> int | None:
@@ -390,6 +388,49 @@ def _sort_slices(slices: Sequence[_Slice], source: Path, uid: str, *, allow_unev
         notes.append(f"{missing} missing and InstanceNumber absent or repeated: slices kept "
                      f"in {fallback.replace('_', ' ')}")
     return list(range(len(slices))), fallback, None, None, notes
+
+
+def read_header(path: str | os.PathLike):
+    """One file's DICOM header, no pixel data (one-line :class:`DicomError` otherwise)."""
+    return _header(Path(path))
+
+
+def series_headers(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """The slices of a one-series folder from their headers only (no pixel is decoded, so
+    converter discovery stays fast), sorted along the slice normal exactly as
+    :func:`read_dicom_series` sorts them, with the same duplicate-position tolerance
+    (``DUPLICATE_TOL_MM``). Each entry: ``path``, ``position`` (mm along the normal),
+    ``pixel_spacing``, ``thickness``, ``shape`` and the ``header``."""
+    d = Path(folder)
+    files = dicom_files_in(d) if d.is_dir() else []
+    if not files:
+        raise DicomError(f"{d}: no DICOM files in this folder")
+    rows, uids = [], set()
+    for f in files:
+        ds = _header(f)
+        uids.add(str(ds.get("SeriesInstanceUID", "")))
+        position = _floats(ds.get("ImagePositionPatient"))
+        if position is None or len(position) != 3:
+            raise DicomError(f"{f}: no ImagePositionPatient (0020,0032); slices are ordered "
+                             "by position")
+        normal = _normal(_floats(ds.get("ImageOrientationPatient")))
+        rows.append({"path": f,
+                     "position": float(position[2]) if normal is None else
+                     float(np.dot(position, normal)),   # no usable orientation: patient z
+                     "pixel_spacing": _pixel_spacing(ds),
+                     "thickness": _float(ds.get("SliceThickness")) or None,
+                     "shape": (_int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0),
+                     "header": ds})
+    if len(uids) > 1:
+        raise DicomError(f"{d}: folder mixes {len(uids)} DICOM series; expected one")
+    rows.sort(key=lambda r: r["position"])
+    gaps = np.diff([r["position"] for r in rows])
+    dup = np.flatnonzero(gaps < DUPLICATE_TOL_MM)
+    if dup.size:
+        a, b = rows[int(dup[0])], rows[int(dup[0]) + 1]
+        raise DicomError(f"{d}: {a['path'].name} and {b['path'].name} have the same slice "
+                         f"position ({a['position']:.4g} mm along the slice normal)")
+    return rows
 
 
 def _affine_lps(orientation: Sequence[float] | None, first: Sequence[float] | None,
@@ -605,6 +646,9 @@ class DicomReader(ImageReader):
     suffixes = DICOM_SUFFIXES
     read_options = ("series_uid", "recursive", "allow_uneven", "spacing_tolerance")
     write_options = ("series_description", "reference_files")
+
+    def reads_directory(self, path: Path) -> bool:
+        return bool(dicom_files_in(path, recursive=False, limit=1))
 
     def read(self, path: Path, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
         return read_dicom_series(path, **options)
@@ -874,7 +918,7 @@ def _save(ds, path: Path, shown: Path) -> None:
         ds.save_as(path, enforce_file_format=True)
     except (ValueError, TypeError, AttributeError) as exc:   # invalid element values
         raise WriteError(f"{shown}: cannot encode DICOM dataset ({type(exc).__name__}: "
-                         f"{_one_line(exc)})") from None
+                         f"{one_line(exc)})") from None
 
 
 def write_dicom_series(volume: np.ndarray, meta: Mapping[str, Any] | None,

@@ -255,7 +255,10 @@ class PairWriter:
         if int(scale) != scale or scale < 1:
             raise ShardError(f"{key}: scale must be a positive integer, got {scale!r}")
         scale = int(scale)
-        meta = dict(meta)
+        # the writer serialises meta itself: numpy values, paths and NaN become JSON here
+        from medrestore.io.base import jsonable_meta
+
+        meta = jsonable_meta(meta)
         if storage == "physical" and not isinstance(meta.get("normalisation"), Mapping):
             raise ShardError(f"{key}: physical storage needs meta['normalisation'] "
                              "({low, high, unit, kind}) to normalise at read time")

@@ -1,11 +1,17 @@
-"""Loading pretrained weights into a plain architecture (ours or the authors' layout).
+"""The one loader of pretrained weights into a plain architecture (ours or the authors' layout).
 
-``load_pretrained(net, path, fmt, arch)`` reads a weights file (``torch.load`` with
-``weights_only=True``), unwraps the usual containers (Lightning ``state_dict`` with a ``net.``
-prefix, BasicSR ``params_ema``/``params``, ``model``/``net`` entries, DataParallel ``module.``),
-converts the authors' key layout when ``fmt == "official"`` and the architecture's module
-provides ``convert_official_state_dict``, and loads strictly. A mismatch is one line that
-names the file and a few missing / unexpected keys.
+:func:`load_pretrained` reads a weights file with :func:`read_weights` (``torch.load`` with
+``weights_only=True``) or takes an in-memory state dict, unwraps the usual containers
+(:func:`unwrap_state_dict`: Lightning ``state_dict`` with a ``net.`` prefix, BasicSR
+``params``/``params_ema``, ``model``/``net`` entries, DataParallel ``module.``), converts the
+authors' key layout when ``format == "official"`` and loads strictly. A mismatch is one line
+naming the file and a few missing / unexpected / mis-shaped keys.
+
+What is specific to a model family lives in its ``official`` module, declared with the family
+in :data:`medrestore.registry.FAMILIES` (e.g. ``models/archs/tat_official.py``):
+``convert_official_state_dict(sd)`` (the authors' keys -> ours; absent = same keys) and,
+optionally, ``mismatch_hint(missing, unexpected, shapes)`` (what to change when the weights do
+not fit, or ``None``).
 """
 
 from __future__ import annotations
@@ -13,68 +19,96 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from types import ModuleType
+from typing import Any, Callable, Mapping
 
 from medrestore.errors import ConfigError
 
 FORMATS = ("official", "medrestore")
-_WRAPPERS = ("params", "params_ema", "state_dict", "model", "net", "model_state_dict")  # BasicSR tests read "params"
-_PREFIXES = ("module.", "net.", "model.")
+# the order of preference; BasicSR's test configs read "params" (not the EMA copy)
+_WRAPPERS = ("params", "params_ema", "state_dict", "model", "net", "model_state_dict")
+_SUB_TREES = ("net", "net_ema")  # the network inside a Lightning state dict of our modules
+_MAX_NESTING = 4
+_SHOW = 3  # keys named per category in a mismatch message
 
 
-def unwrap_state_dict(obj: Any, source: str = "weights") -> dict[str, Any]:
-    """The tensor mapping inside common checkpoint containers, with wrapper prefixes removed."""
+def _is_tensor_mapping(obj: Any) -> bool:
     import torch
 
-    seen = 0
-    while isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        key = next((k for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
-        if key is None or seen > 3:
+    return isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def unwrap_state_dict(obj: Any, source: str = "weights",
+                      param_key: str | None = None) -> dict[str, Any]:
+    """The network's tensors inside common checkpoint containers, wrapper prefixes removed.
+
+    ``param_key`` picks a container entry (``params``, ``params_ema``, ``state_dict``, ...) or,
+    for a Lightning state dict of our modules, the sub-tree (``net``, the default, or
+    ``net_ema``); other sub-modules (EMA copy, loss heads, projections) are dropped."""
+    for _ in range(_MAX_NESTING):
+        if _is_tensor_mapping(obj):
+            break
+        if not isinstance(obj, Mapping):
+            raise ConfigError(f"{source}: expected a state dict, got {type(obj).__name__}")
+        order = ((param_key,) if param_key in obj else ()) + _WRAPPERS
+        key = next((k for k in order if isinstance(obj.get(k), Mapping)), None)
+        if key is None:
             raise ConfigError(f"{source}: no state dict found (top-level keys: "
-                              f"{sorted(map(str, obj))[:8]})")
-        obj, seen = obj[key], seen + 1
-    if not isinstance(obj, Mapping):
-        raise ConfigError(f"{source}: expected a state dict, got {type(obj).__name__}")
+                              f"{sorted(map(str, obj))[:8]}; expected one of {list(_WRAPPERS)})")
+        obj = obj[key]
+    else:
+        raise ConfigError(f"{source}: containers nested deeper than {_MAX_NESTING} levels")
     sd = dict(obj)
-    # a Lightning checkpoint of our module holds net.* (and net_ema.*, sigma_net.*, ...): keep net
-    if any(k.startswith("net.") for k in sd) and any(not k.startswith("net.") for k in sd):
-        sd = {k: v for k, v in sd.items() if k.startswith("net.")}
-    for prefix in _PREFIXES:
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    sub_tree = (param_key if param_key in _SUB_TREES else "net") + "."
+    for _ in range(_MAX_NESTING):
+        if sd and all(k.startswith("module.") for k in sd):        # DataParallel / DDP
+            sd = {k[len("module."):]: v for k, v in sd.items()}
+        elif any(k.startswith(sub_tree) for k in sd):               # our Lightning module
+            sd = {k[len(sub_tree):]: v for k, v in sd.items() if k.startswith(sub_tree)}
+        elif sd and all(k.startswith("model.") for k in sd):
+            sd = {k[len("model."):]: v for k, v in sd.items()}
+        else:
+            break
     return sd
 
 
-def load_state_dict_strict(net: Any, sd: Mapping[str, Any], source: str) -> None:
-    """``net.load_state_dict(sd)`` with a one-line error listing what does not match."""
+def load_state_dict_strict(net: Any, sd: Mapping[str, Any], source: str,
+                           hint: Callable[..., str | None] | None = None) -> None:
+    """``net.load_state_dict(sd, strict=True)`` after a check that reports every kind of
+    mismatch in one line; ``hint(missing, unexpected, shapes)`` may say what to change."""
     own = net.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    shapes = sorted(k for k in set(own) & set(sd)
+                    if tuple(own[k].shape) != tuple(getattr(sd[k], "shape", ())))
     if missing or unexpected or shapes:
-        parts = []
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if keys:
-                parts.append(f"{len(keys)} {name} (e.g. {', '.join(keys[:3])})")
-        raise ConfigError(f"{source}: weights do not fit {type(net).__name__}: " + "; ".join(parts)
-                          + " — check model.net.pretrained_format and the architecture sizes")
+        parts = [f"{len(keys)} {name} (e.g. {', '.join(keys[:_SHOW])})"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        if shapes:
+            shown = ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+                              for k in shapes[:_SHOW])
+            parts.append(f"{len(shapes)} shape mismatch (e.g. {shown})")
+        advice = (hint(missing, unexpected, shapes) if hint else None) or \
+            "check model.net.pretrained_format and the architecture sizes"
+        raise ConfigError(f"{source}: weights do not fit {type(net).__name__}: "
+                          f"{'; '.join(parts)} — {advice}")
     net.load_state_dict(sd, strict=True)
 
 
-def official_converter(arch: str):
-    """``convert_official_state_dict`` of a registered architecture, looked up in its module
-    and in the sibling ``<module>_official`` module; ``None`` when the layouts are identical."""
-    from medrestore.registry import ARCHS
+def official_module(net: Any, arch: str | None = None) -> ModuleType | None:
+    """The ``official`` module of the family of ``arch`` (or, without it, of the family whose
+    architectures are built by ``net``'s module); ``None`` when the family has none."""
+    from medrestore.registry import ARCHS, FAMILIES, family_of
 
-    name = ARCHS.get(arch).__module__
-    for module in (name, name + "_official"):
-        try:
-            fn = getattr(importlib.import_module(module), "convert_official_state_dict", None)
-        except ModuleNotFoundError:
-            continue
-        if fn is not None:
-            return fn
-    return None
+    if arch is None:
+        built_by = type(net).__module__
+        arch = next((a for a in ARCHS.names() if isinstance(ARCHS.target(a), str)
+                     and ARCHS.target(a).partition(":")[0] == built_by), None)
+    family = family_of(arch) if arch in ARCHS else None
+    if family is None:
+        return None
+    name = FAMILIES.meta(family)["official"]
+    return importlib.import_module(name) if name else None
 
 
 def read_weights(path: str | os.PathLike, option: str = "model.net.pretrained") -> Any:
@@ -117,16 +151,28 @@ def read_weights(path: str | os.PathLike, option: str = "model.net.pretrained") 
                           f"({type(exc).__name__}: {one_line(exc, 120)})") from None
 
 
-def load_pretrained(net: Any, path: str | os.PathLike, fmt: str = "medrestore",
-                    arch: str | None = None) -> None:
-    import torch
+def load_pretrained(net: Any, weights: str | os.PathLike | Mapping[str, Any],
+                    format: str = "medrestore", arch: str | None = None, *,  # noqa: A002
+                    param_key: str | None = None, option: str = "model.net.pretrained") -> None:
+    """Load weights into ``net`` strictly (all keys, all shapes).
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"model.net.pretrained_format={fmt!r}; expected one of {FORMATS}")
-    p = Path(path)
-    sd = unwrap_state_dict(read_weights(p), str(p))
-    if fmt == "official" and arch is not None:
-        convert = official_converter(arch)
-        if convert is not None:
-            sd = convert(sd)
-    load_state_dict_strict(net, sd, str(p))
+    ``weights``: a file (read with :func:`read_weights`; errors name ``option``) or an
+    in-memory state dict / checkpoint. ``format``: ``"official"`` (the authors' layout, converted
+    by the family's ``convert_official_state_dict``) or ``"medrestore"`` (ours: a
+    ``net.state_dict()`` or a Lightning checkpoint). ``arch`` names the registered architecture
+    (``model.net.name``); without it the family is found from ``net``'s class. ``param_key``
+    picks a container entry or Lightning sub-tree (:func:`unwrap_state_dict`).
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"model.net.pretrained_format={format!r}; expected one of "
+                          f"{list(FORMATS)}")
+    if isinstance(weights, Mapping):
+        source, obj = "state dict", weights
+    else:
+        source, obj = str(Path(weights)), read_weights(weights, option)
+    sd = unwrap_state_dict(obj, source, param_key)
+    family = official_module(net, arch)
+    convert = getattr(family, "convert_official_state_dict", None)
+    if format == "official" and convert is not None:
+        sd = convert(sd)
+    load_state_dict_strict(net, sd, source, getattr(family, "mismatch_hint", None))

@@ -21,8 +21,6 @@ from medrestore.errors import ConfigError
 
 #: where a checkpoint's ``_target_`` entries may point (the configs only ever use these)
 ALLOWED_TARGET_PREFIXES = ("torch.optim.", "medrestore.")
-_FAMILY_BY_ARCH = {"tat": "medrestore.modules.tat:TATModule",
-                   "datprl": "medrestore.modules.datprl:DATPRLModule"}
 
 
 def is_lightning_checkpoint(obj: Any) -> bool:
@@ -59,16 +57,19 @@ def _check_module_name(target: Any, source: str) -> tuple[str, str]:
 
 def module_class_of(ckpt: Mapping[str, Any], source: str) -> Any:
     """The LightningModule class that wrote ``ckpt`` (its ``medrestore_module`` entry; older
-    files: from the architecture name; else :class:`RestorationModule`)."""
+    files: the family that declares the architecture, :data:`medrestore.registry.FAMILIES`;
+    else :class:`RestorationModule`)."""
     from medrestore.modules.restoration import RestorationModule
+    from medrestore.registry import ARCHS, FAMILIES, family_of
 
     target = ckpt.get("medrestore_module")
     if not target:
         net = (ckpt.get("hyper_parameters") or {}).get("net") or {}
         arch = str(net.get("name", "")) if isinstance(net, Mapping) else ""
-        target = _FAMILY_BY_ARCH.get(arch.split("_")[0])
-        if target is None:
+        family = family_of(arch) if arch in ARCHS else None
+        if family is None:
             return RestorationModule
+        target = FAMILIES.target(family)
     module, name = _check_module_name(target, source)
     try:
         cls = getattr(importlib.import_module(module), name)

@@ -258,7 +258,8 @@ class RestorationModule(L.LightningModule):
 
     def load_pretrained(self, path: str | None = None, fmt: str | None = None) -> None:
         """Load ``model.net.pretrained`` (our layout or the authors', ``pretrained_format``)
-        into the network (and the EMA copy)."""
+        into the network (and the EMA copy) with the library's one weights loader,
+        :func:`medrestore.models.pretrained.load_pretrained`."""
         from medrestore.models.pretrained import load_pretrained
 
         path = path or self.pretrained

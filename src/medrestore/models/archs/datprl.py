@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any, Literal, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -104,20 +103,25 @@ class DATPRL(Restormer):
         zero_init_output: bool = False,
     ) -> None:
         if fusion != "cross_attention":
-            raise ConfigError(f"model.net.fusion={fusion!r}; only 'cross_attention' (adaptive "
-                              "gated fusion, the released configs' choice) is implemented")
+            raise ConfigError(f"model.net.fusion={fusion!r}; expected 'cross_attention' (adaptive "
+                              "gated fusion, the released configs' choice, is the one implemented)")
         if pad_mode not in ("zeros", "reflect"):
             raise ConfigError(f"model.net.pad_mode={pad_mode!r}; expected 'zeros' or 'reflect'")
         if num_decoder_blocks is not None and len(num_decoder_blocks) != 3:
-            raise ConfigError("model.net.num_decoder_blocks needs 3 entries (levels 1, 2, 3)")
+            raise ConfigError(f"model.net.num_decoder_blocks={list(num_decoder_blocks)}; expected "
+                              "3 entries (levels 1, 2, 3)")
         for name, k, n in (("task", task_top_k, task_pool_size),
                            ("domain", domain_top_k, domain_pool_size)):
             if (name == "task" or use_domain_pool) and not 1 <= k <= n:
-                raise ConfigError(f"model.net.{name}_top_k={k} must be in [1, "
+                raise ConfigError(f"model.net.{name}_top_k={k}; expected an integer in [1, "
                                   f"{name}_pool_size={n}]")
+        if value_tokens < 1:
+            raise ConfigError(f"model.net.value_tokens={value_tokens}; expected >= 1")
+        if use_domain_pool and dim < 4:  # the domain query projector halves dim twice
+            raise ConfigError(f"model.net.dim={dim}; expected >= 4 with use_domain_pool=true")
         if use_domain_pool and prompt_dim % fusion_heads:
-            raise ConfigError(f"model.net.prompt_dim={prompt_dim} must be divisible by "
-                              f"fusion_heads={fusion_heads}")
+            raise ConfigError(f"model.net.prompt_dim={prompt_dim}; expected a multiple of "
+                              f"model.net.fusion_heads={fusion_heads}")
         # Read by build_block / make_stage during Restormer.__init__, so set first.
         self.prompt_dim = prompt_dim
         dec = tuple(num_decoder_blocks) if num_decoder_blocks is not None else None
@@ -198,12 +202,13 @@ class DATPRL(Restormer):
         return getattr(self, _STAGE_ATTRS.get(stage, stage))
 
     # ------------------------------------------------------------------ forward pieces
-    def run_stage(self, stage: str, x: Tensor, prompt: Tensor | None = None) -> Tensor:
+    def run_stage(self, stage: str, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Prompted stages feed every block the prompt (``cond``); the others ignore it."""
         blocks = self.stage_blocks(stage)
         if stage not in PROMPTED_STAGES:
             return blocks(x)
         for block in blocks:
-            x = block(x, prompt)
+            x = block(x, cond)
         return x
 
     def compose_prompt(self, shallow: Tensor, deep: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -231,18 +236,6 @@ class DATPRL(Restormer):
             fused = task.prompt
         aux["fused_repr"] = fused
         return fused, aux
-
-    def decode(self, latent: Tensor, skips: Sequence[Tensor],  # type: ignore[override]
-               prompt: Tensor | None = None) -> Tensor:
-        """Decoder levels 3-1 plus refinement, every block fed ``prompt``."""
-        _, enc1, enc2, enc3 = skips
-        x = self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], dim=1))
-        x = self.run_stage("decoder_level3", x, prompt)
-        x = self.reduce_chan_level2(torch.cat([self.up3_2(x), enc2], dim=1))
-        x = self.run_stage("decoder_level2", x, prompt)
-        x = torch.cat([self.up2_1(x), enc1], dim=1)
-        x = self.run_stage("decoder_level1", x, prompt)
-        return self.run_stage("refinement", x, prompt)
 
     def forward_padded(  # type: ignore[override]
         self, x: Tensor

@@ -1,94 +1,35 @@
-"""DATPRL-IR checkpoints: the authors' layout, containers, strict loading.
+"""DATPRL-IR in the authors' layout: the ``official`` hooks of the ``datprl`` family for
+:func:`medrestore.models.pretrained.load_pretrained`, and their constructor arguments.
 
 Our :class:`~medrestore.models.archs.datprl.DATPRL` uses the same state-dict key names and
 shapes as the authors' released classes (the dual-pool multi-domain model and the task-only
 natural-image model), so :func:`convert_official_state_dict` only has to unwrap containers and
-strip wrapper prefixes; the mapping of keys is the identity. :func:`kwargs_from_official_config`
-translates the authors' ``network_g`` constructor arguments (their YAML) to ours.
+strip wrapper prefixes; the mapping of keys is the identity. :func:`mismatch_hint` tells a
+multi-domain checkpoint from a task-only one when weights do not fit.
+:func:`kwargs_from_official_config` translates the authors' ``network_g`` constructor arguments
+(their YAML) to ours.
 
-Checkpoint containers understood by :func:`load_pretrained` / :func:`extract_state_dict`:
-
-* a raw state dict;
-* BasicSR: ``{"params": sd}`` and/or ``{"params_ema": sd}`` — ``params`` is preferred, as the
-  authors' BasicSR test configs load it (pass ``param_key="params_ema"`` for the EMA copy);
-* ``{"state_dict" | "model" | "net" | "model_state_dict": sd}`` (PyTorch / Lightning);
-* a Lightning module's state dict: the network is the ``net.`` sub-tree (``net_ema.`` with
-  ``param_key="net_ema"``); other sub-modules (EMA copy, loss heads) are ignored;
-* ``module.`` (DataParallel / DDP) prefixes anywhere on top.
-
-Any mismatch raises a one-line :class:`~medrestore.errors.ConfigError` naming the file and a few
-missing / unexpected / mis-shaped keys.
+The loader (``load_pretrained(net, path, format, param_key=...)``) reads BasicSR's
+``{"params": sd, "params_ema": sd}`` (``params`` first, as the authors' test configs; pass
+``param_key="params_ema"`` for the EMA copy), PyTorch / Lightning containers (the ``net.``
+sub-tree of our module, ``net_ema.`` with ``param_key="net_ema"``) and ``module.`` prefixes.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import Any, Mapping
 
 from medrestore.errors import ConfigError
-
-if TYPE_CHECKING:
-    from torch import Tensor, nn
 
 __all__ = [
     "OFFICIAL_CLASSES",
     "convert_official_state_dict",
-    "extract_state_dict",
     "kwargs_from_official_config",
-    "load_pretrained",
+    "mismatch_hint",
 ]
 
 #: The authors' class names -> our ``use_domain_pool``.
 OFFICIAL_CLASSES = {"DualPromptRestormerv3": True, "DualPromptRestormerv3_only_task_prompt": False}
-
-_CONTAINERS = ("params", "params_ema", "state_dict", "model", "net", "model_state_dict")
-_MAX_NESTING = 4
-_SHOW = 3  # keys named per category in an error message
-
-
-def _is_tensor_mapping(obj: Any) -> bool:
-    import torch
-
-    return isinstance(obj, Mapping) and bool(obj) and all(
-        isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _strip_prefixes(sd: dict[str, Any], sub_tree: str) -> dict[str, Any]:
-    """Remove DataParallel ``module.`` and keep the Lightning ``net.`` (or EMA) sub-tree."""
-    for _ in range(_MAX_NESTING):
-        if all(k.startswith("module.") for k in sd):
-            sd = {k[len("module."):]: v for k, v in sd.items()}
-            continue
-        prefix = sub_tree + "."
-        if any(k.startswith(prefix) for k in sd):
-            # A LightningModule state dict: the network beside other sub-modules.
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            continue
-        break
-    return sd
-
-
-def extract_state_dict(obj: Any, source: str = "weights",
-                       param_key: str | None = None) -> dict[str, Tensor]:
-    """The network's tensors inside a checkpoint object (see the module docstring).
-
-    ``param_key`` picks a container entry (``params``, ``params_ema``, ``state_dict``, …) or,
-    for Lightning state dicts, the sub-tree (``net`` — the default — or ``net_ema``).
-    """
-    sub_tree = param_key if param_key in ("net", "net_ema") else "net"
-    for _ in range(_MAX_NESTING):
-        if _is_tensor_mapping(obj):
-            return _strip_prefixes(dict(obj), sub_tree)
-        if not isinstance(obj, Mapping):
-            raise ConfigError(f"{source}: expected a state dict, got {type(obj).__name__}")
-        order = ((param_key,) if param_key and param_key in obj else ()) + _CONTAINERS
-        key = next((k for k in order if isinstance(obj.get(k), Mapping)), None)
-        if key is None:
-            raise ConfigError(f"{source}: no state dict found (top-level keys: "
-                              f"{sorted(map(str, obj))[:8]}; expected one of {list(_CONTAINERS)})")
-        obj = obj[key]
-    raise ConfigError(f"{source}: containers nested deeper than {_MAX_NESTING} levels")
 
 
 def convert_official_state_dict(sd: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,60 +39,21 @@ def convert_official_state_dict(sd: Mapping[str, Any]) -> dict[str, Any]:
     containers and prefixes this is the identity; it exists so that loaders dispatching on
     ``format="official"`` have one place to call, and stays correct if the layouts diverge.
     """
-    return dict(extract_state_dict(sd, "official state dict"))
+    from medrestore.models.pretrained import unwrap_state_dict
+
+    return unwrap_state_dict(sd, "official state dict")
 
 
-def _mismatch_message(net: nn.Module, sd: Mapping[str, Any], source: str) -> str | None:
-    own = net.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(k for k in set(own) & set(sd)
-                    if tuple(own[k].shape) != tuple(getattr(sd[k], "shape", ())))
-    if not (missing or unexpected or shapes):
-        return None
-    parts = []
-    for name, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            parts.append(f"{len(keys)} {name} (e.g. {', '.join(keys[:_SHOW])})")
-    if shapes:
-        shown = ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-                          for k in shapes[:_SHOW])
-        parts.append(f"{len(shapes)} shape mismatch (e.g. {shown})")
-    hint = ""
+def mismatch_hint(missing: list[str], unexpected: list[str], shapes: list[str]) -> str | None:
+    """What to change when weights do not fit a DATPRL (the loader's one-line message)."""
     if any(k.startswith("domain_prompt_pool.") for k in unexpected):
-        hint = " — the weights have a domain pool: build with use_domain_pool=true"
-    elif any(k.startswith("domain_prompt_pool.") for k in missing):
-        hint = " — the weights are task-prompt-only: build with use_domain_pool=false"
-    elif shapes:
-        hint = " — check the architecture sizes (dim, pool sizes, prompt_dim, value_tokens)"
-    return f"{source}: weights do not fit {type(net).__name__}: {'; '.join(parts)}{hint}"
-
-
-def load_pretrained(
-    model: nn.Module,
-    path: str | os.PathLike[str],
-    format: Literal["official", "medrestore"] = "official",  # noqa: A002 - the option's name
-    *,
-    param_key: str | None = None,
-) -> None:
-    """Load a weights file into ``model`` strictly (all keys, all shapes).
-
-    ``format="official"`` passes the tensors through :func:`convert_official_state_dict`;
-    ``"medrestore"`` expects our own layout (a ``net.state_dict()`` or a Lightning checkpoint).
-    The file is read with ``torch.load(weights_only=True)`` (no code execution).
-    """
-    from medrestore.models.pretrained import read_weights
-
-    if format not in ("official", "medrestore"):
-        raise ConfigError(f"pretrained format={format!r}; expected 'official' or 'medrestore'")
-    p = Path(path)
-    sd = extract_state_dict(read_weights(p), str(p), param_key)
-    if format == "official":
-        sd = convert_official_state_dict(sd)
-    message = _mismatch_message(model, sd, str(p))
-    if message:
-        raise ConfigError(message)
-    model.load_state_dict(sd, strict=True)
+        return "the weights have a domain pool: build with model.net.use_domain_pool=true"
+    if any(k.startswith("domain_prompt_pool.") for k in missing):
+        return "the weights are task-prompt-only: build with model.net.use_domain_pool=false"
+    if shapes:
+        return ("check the architecture sizes (model.net.dim, task_pool_size, "
+                "domain_pool_size, prompt_dim, value_tokens)")
+    return None
 
 
 # --------------------------------------------------------------------------- constructor args

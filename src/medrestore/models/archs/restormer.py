@@ -11,9 +11,19 @@ Differences from the reference (none change the maths at sizes it accepts):
 * the global residual is only added when ``in_channels == out_channels`` (the reference adds
   it unconditionally, which silently broadcasts or fails otherwise), and can be switched off.
 
-Override points for subclasses: :meth:`Restormer.build_block` (block type per stage),
-:meth:`Restormer.run_stage` (how a stage's blocks are applied), and the forward pieces
-:meth:`encode`, :meth:`decode`, :meth:`head`, :meth:`forward_padded`.
+This class is also the shared U-Net skeleton of the families built on it (``TAT``, ``DATPRL``):
+a subclass keeps the module names, registration order and hence the state-dict layout, and
+overrides only hooks.
+
+* construction: :meth:`build_block` (block type per stage), :meth:`make_stage` (a stage's
+  container/depth), :meth:`build_head` (the modules after the refinement stage);
+* forward: :meth:`run_stage` (how a stage's blocks are applied; receives an optional
+  conditioning ``cond`` that :meth:`decode_levels` / :meth:`decode` pass through unchanged),
+  :meth:`encode`, :meth:`decode_levels`, :meth:`decode`, :meth:`head`, :meth:`forward_padded`.
+
+A subclass sets the attributes its hooks read *before* calling ``super().__init__`` (hooks
+run inside it) and registers any extra modules after it (they then follow ``output`` in the
+state dict).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medrestore.errors import ConfigError
 from medrestore.models.layers.restormer import (
     Downsample,
     LayerNormType,
@@ -32,10 +43,31 @@ from medrestore.models.layers.restormer import (
     Upsample,
 )
 
-__all__ = ["Restormer", "restormer", "restormer_tiny", "pad_to_multiple"]
+__all__ = ["Restormer", "check_backbone_config", "restormer", "restormer_tiny", "pad_to_multiple"]
 
 # Three 2x down-samplings: the core network needs H, W divisible by 2**3.
 _DOWNSCALE = 8
+
+
+def check_backbone_config(dim: int, num_blocks: Sequence[int], heads: Sequence[int],
+                          layernorm_type: str, pad_multiple: int | None) -> None:
+    """Reject backbone settings that cannot build, naming the config option (``model.net.*``)."""
+    for name, value in (("num_blocks", num_blocks), ("heads", heads)):
+        sized = hasattr(value, "__len__") and not isinstance(value, str)
+        if not sized or len(value) != 4:
+            shown = list(value) if sized else value
+            raise ConfigError(f"model.net.{name}={shown!r}; expected 4 entries (levels 1-4)")
+    if layernorm_type not in ("WithBias", "BiasFree"):
+        raise ConfigError(f"model.net.layernorm_type={layernorm_type!r}; expected 'WithBias' or "
+                          "'BiasFree'")
+    for level, h in enumerate(heads, start=1):
+        channels = dim * 2 ** (level - 1)
+        if h < 1 or channels % h:
+            raise ConfigError(f"model.net.heads={list(heads)}; expected level {level}'s heads "
+                              f"({h}) to divide its {channels} channels (model.net.dim={dim})")
+    if pad_multiple and pad_multiple % _DOWNSCALE:
+        raise ConfigError(f"model.net.pad_multiple={pad_multiple}; expected a multiple of "
+                          f"{_DOWNSCALE} (or 0/null for no padding)")
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
@@ -96,15 +128,12 @@ class Restormer(nn.Module):
         zero_init_output: bool = False,
     ) -> None:
         super().__init__()
-        if len(num_blocks) != 4 or len(heads) != 4:
-            raise ValueError("num_blocks and heads must both have 4 entries (levels 1-4)")
-        if pad_multiple and pad_multiple % _DOWNSCALE:
-            raise ValueError(f"pad_multiple must be a multiple of {_DOWNSCALE}, got {pad_multiple}")
+        check_backbone_config(dim, num_blocks, heads, layernorm_type, pad_multiple)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.dim = dim
-        self.num_blocks = tuple(num_blocks)
-        self.heads = tuple(heads)
+        self.num_blocks = tuple(int(n) for n in num_blocks)
+        self.heads = tuple(int(h) for h in heads)
         self.ffn_expansion_factor = ffn_expansion_factor
         self.use_bias = bias
         self.layernorm_type: LayerNormType = layernorm_type
@@ -140,9 +169,7 @@ class Restormer(nn.Module):
         self.decoder_level1 = self.make_stage("decoder_level1", d2, h1, n1)
         self.refinement = self.make_stage("refinement", d2, h1, num_refinement_blocks)
 
-        if dual_pixel_task:
-            self.skip_conv = nn.Conv2d(d1, d2, kernel_size=1, bias=bias)
-        self.output = nn.Conv2d(d2, out_channels, kernel_size=3, stride=1, padding=1, bias=bias)
+        self.build_head(d2)  # registers ``output`` (and ``skip_conv`` / a subclass's extras)
         if zero_init_output:
             nn.init.zeros_(self.output.weight)
             if self.output.bias is not None:
@@ -167,9 +194,25 @@ class Restormer(nn.Module):
         """A stage is an ``nn.Sequential`` of blocks (keeps reference keys ``<stage>.<i>.*``)."""
         return nn.Sequential(*(self.build_block(stage, dim, num_heads) for _ in range(depth)))
 
+    def build_head(self, channels: int) -> None:
+        """Register the modules that follow the refinement stage (``channels`` = 2·dim wide).
+
+        Restormer: the dual-pixel ``skip_conv`` (when enabled) and the 3x3 ``output`` conv. An
+        override must register ``output`` (``zero_init_output`` zeroes it afterwards) and sets
+        the state-dict order of everything between ``refinement`` and ``output``.
+        """
+        if self.dual_pixel_task:
+            self.skip_conv = nn.Conv2d(self.dim, channels, kernel_size=1, bias=self.use_bias)
+        self.output = nn.Conv2d(channels, self.out_channels, kernel_size=3, stride=1, padding=1,
+                                bias=self.use_bias)
+
     # ------------------------------------------------------------------ forward pieces
-    def run_stage(self, stage: str, x: Tensor) -> Tensor:
-        """Apply the blocks of ``stage`` (attribute name); override to pass conditioning."""
+    def run_stage(self, stage: str, x: Tensor, cond: Any = None) -> Tensor:
+        """Apply the blocks of ``stage`` (attribute name).
+
+        ``cond`` is a subclass's conditioning (generated kernels, prompts, ...), passed through
+        unchanged by :meth:`decode_levels` / :meth:`decode`; plain Restormer has none.
+        """
         return getattr(self, stage)(x)
 
     def encode(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
@@ -184,16 +227,19 @@ class Restormer(nn.Module):
         enc3 = self.run_stage("encoder_level3", self.down2_3(enc2))
         return [emb, enc1, enc2, enc3], self.down3_4(enc3)
 
-    def decode(self, latent: Tensor, skips: Sequence[Tensor]) -> Tensor:
-        """Decoder levels 3-1 plus refinement; returns full-resolution 2*dim features."""
+    def decode_levels(self, latent: Tensor, skips: Sequence[Tensor], cond: Any = None) -> Tensor:
+        """Decoder levels 3-1 (no refinement); returns the full-resolution 2*dim features."""
         _, enc1, enc2, enc3 = skips
         x = self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], dim=1))
-        x = self.run_stage("decoder_level3", x)
+        x = self.run_stage("decoder_level3", x, cond)
         x = self.reduce_chan_level2(torch.cat([self.up3_2(x), enc2], dim=1))
-        x = self.run_stage("decoder_level2", x)
+        x = self.run_stage("decoder_level2", x, cond)
         x = torch.cat([self.up2_1(x), enc1], dim=1)
-        x = self.run_stage("decoder_level1", x)
-        return self.run_stage("refinement", x)
+        return self.run_stage("decoder_level1", x, cond)
+
+    def decode(self, latent: Tensor, skips: Sequence[Tensor], cond: Any = None) -> Tensor:
+        """Decoder levels 3-1 plus refinement; returns full-resolution 2*dim features."""
+        return self.run_stage("refinement", self.decode_levels(latent, skips, cond), cond)
 
     def head(self, features: Tensor, x: Tensor, skips: Sequence[Tensor]) -> Tensor:
         """Output conv plus the dual-pixel skip or the global image residual."""

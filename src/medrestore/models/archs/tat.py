@@ -17,6 +17,13 @@ After the refinement, a fusion head concatenates the encoder level-1 output (dim
 level-1 output (2·dim) and the refinement output (2·dim), maps 5·dim → dim (3x3 conv, GELU,
 1x1 conv), then a 3x3 conv to the output channels; the input image is added (global residual).
 
+:class:`TAT` subclasses :class:`~medrestore.models.archs.restormer.Restormer` (the shared U-Net
+skeleton, as ``DATPRL`` does): Restormer registers the stages in the reference's order and
+calls the hooks ``build_block`` (static or adaptive TLC blocks), ``build_head`` (``reduce_final``
+then ``output``); ``tren`` is registered after ``super().__init__``, last, as in the reference.
+Forward: Restormer's ``encode`` and ``decode_levels``, with ``run_stage`` handing each adaptive
+stage its level's kernels.
+
 Layer names, shapes and initialisation follow the authors' reference, so its state dicts load
 with ``strict=True`` (key for key; see :mod:`medrestore.models.archs.tat_official`). The
 default configuration has exactly 41,687,424 parameters.
@@ -43,17 +50,11 @@ import torch
 from torch import Tensor, nn
 
 from medrestore.errors import ConfigError
-from medrestore.models.archs.restormer import pad_to_multiple
+from medrestore.models.archs.restormer import Restormer
 # Re-exported: ``medrestore.models.pretrained`` looks the converter up on the arch's module.
 from medrestore.models.archs.tat_official import convert_official_state_dict, to_official_state_dict
 from medrestore.models.layers.dynamic import AdaptiveMDTA, AdaptiveTransformerBlock
-from medrestore.models.layers.restormer import (
-    Downsample,
-    LayerNormType,
-    OverlapPatchEmbed,
-    TransformerBlock,
-    Upsample,
-)
+from medrestore.models.layers.restormer import LayerNormType
 from medrestore.models.layers.tlc import TLC, LocalMDTA, TLCAttentionMixin, TLCMode
 
 __all__ = [
@@ -187,8 +188,14 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-class TAT(nn.Module):
+class TAT(Restormer):
     """Task-Adaptive Transformer image-to-image network.
+
+    Built on the :class:`Restormer` skeleton (same stages, names and registration order); it
+    overrides the hooks :meth:`build_block` (static TLC blocks in the encoder, adaptive ones
+    elsewhere), :meth:`build_head` (the ``reduce_final`` fusion head before ``output``),
+    :meth:`run_stage` (adaptive stages get their level's kernels), :meth:`head` and
+    :meth:`forward_padded`, and registers the kernel generator ``tren`` last.
 
     Args:
         in_channels, out_channels: image channels (1 for the medical tasks; 3 for RGB mixes).
@@ -245,69 +252,39 @@ class TAT(nn.Module):
         pad_multiple: int | None = 8,
         zero_init_output: bool = False,
     ) -> None:
-        super().__init__()
-        if len(num_blocks) != 4 or len(heads) != 4:
-            raise ConfigError("TAT: num_blocks and heads must both have 4 entries (levels 1-4)")
         if dim % 2:
-            raise ConfigError(f"TAT: dim must be even (the kernel generator pixel-shuffles the "
-                              f"8·dim latent by 4), got dim={dim}")
-        if pad_multiple and pad_multiple % _DOWNSCALE:
-            raise ConfigError(f"TAT: pad_multiple must be a multiple of {_DOWNSCALE}, got {pad_multiple}")
-        if tlc not in (True, False, "auto"):
-            raise ConfigError(f"TAT: tlc must be true, false or 'auto', got {tlc!r}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.dim = dim
-        self.num_blocks = tuple(int(n) for n in num_blocks)
-        self.heads = tuple(int(h) for h in heads)
-        self.ffn_expansion_factor = ffn_expansion_factor
-        self.use_bias = bias
-        self.layernorm_type: LayerNormType = layernorm_type
+            raise ConfigError(f"model.net.dim={dim}; expected an even number (the kernel "
+                              "generator pixel-shuffles the 8·dim latent by 4)")
+        _check_tlc(tlc)
+        # Read by build_block during Restormer.__init__, so set first.
         self.train_size = _pair(train_size)
         if min(self.train_size) < _DOWNSCALE:
-            raise ConfigError(f"TAT: train_size must be at least {_DOWNSCALE}, got {train_size}")
+            raise ConfigError(f"model.net.train_size={train_size}; expected at least "
+                              f"{_DOWNSCALE} (pixels per side)")
         self.tlc_window_scale = tlc_window_scale
         self._tlc_mode: TLCMode = tlc
-        self.pad_multiple = pad_multiple or 0
-        self.use_residual = global_residual and in_channels == out_channels
-
-        d1, d2, d3, d4 = dim, dim * 2, dim * 4, dim * 8
-        h1, h2, h3, h4 = self.heads
-        n1, n2, n3, n4 = self.num_blocks
-
-        # Registration order = the reference's, so state-dict order matches too.
-        self.patch_embed = OverlapPatchEmbed(in_channels, dim, bias=False)
-        self.encoder_level1 = self.make_stage("encoder_level1", d1, h1, n1)
-        self.down1_2 = Downsample(d1)
-        self.encoder_level2 = self.make_stage("encoder_level2", d2, h2, n2)
-        self.down2_3 = Downsample(d2)
-        self.encoder_level3 = self.make_stage("encoder_level3", d3, h3, n3)
-        self.down3_4 = Downsample(d3)
-        self.latent = self.make_stage("latent", d4, h4, n4)
-        self.up4_3 = Upsample(d4)
-        self.reduce_chan_level3 = nn.Conv2d(d4, d3, kernel_size=1, bias=bias)
-        self.decoder_level3 = self.make_stage("decoder_level3", d3, h3, n3)
-        self.up3_2 = Upsample(d3)
-        self.reduce_chan_level2 = nn.Conv2d(d3, d2, kernel_size=1, bias=bias)
-        self.decoder_level2 = self.make_stage("decoder_level2", d2, h2, n2)
-        self.up2_1 = Upsample(d2)  # level 1: concat to 2·dim, no 1x1 reduction
-        self.decoder_level1 = self.make_stage("decoder_level1", d2, h1, n1)
-        self.refinement = self.make_stage("refinement", d2, h1, num_refinement_blocks)
-        # Fusion head: [enc1 (dim), dec1 (2·dim), refinement (2·dim)] -> dim.
-        self.reduce_final = nn.Sequential(
-            nn.Conv2d(dim * 5, dim, kernel_size=3, stride=1, padding=1, bias=bias),
-            nn.GELU(),
-            nn.Conv2d(dim, dim, kernel_size=1, bias=bias),
+        # Registers patch_embed ... refinement, then build_head: reduce_final, output.
+        super().__init__(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            dim=dim,
+            num_blocks=num_blocks,
+            num_refinement_blocks=num_refinement_blocks,
+            heads=heads,
+            ffn_expansion_factor=ffn_expansion_factor,
+            bias=bias,
+            layernorm_type=layernorm_type,
+            dual_pixel_task=False,
+            global_residual=global_residual,
+            pad_multiple=pad_multiple,
+            zero_init_output=zero_init_output,
         )
-        self.output = nn.Conv2d(dim, out_channels, kernel_size=3, stride=1, padding=1, bias=bias)
-        if zero_init_output:
-            nn.init.zeros_(self.output.weight)
-            if self.output.bias is not None:
-                nn.init.zeros_(self.output.bias)
 
         def branch_channels(c: int) -> tuple[int, int]:
             return 3 * c, 2 * int(c * ffn_expansion_factor)
 
+        d2, d3, d4 = dim * 2, dim * 4, dim * 8
+        # Registered last, as in the reference (keeps the state-dict order).
         self.tren = KernelGenerator(
             in_channels=d4 // _GEN_SHUFFLE**2,
             level_channels={"latent": branch_channels(d4), "level3": branch_channels(d3),
@@ -334,14 +311,23 @@ class TAT(nn.Module):
             block: nn.Module = AdaptiveTransformerBlock(
                 **common, attn_cls=AdaptiveLocalMDTA)  # type: ignore[arg-type]
         else:
-            block = TransformerBlock(**common)  # type: ignore[arg-type]
+            block = super().build_block(stage, dim, num_heads)
             block.attn = LocalMDTA(dim, num_heads, self.use_bias)
         block.attn.tlc = self.tlc_for_level(self.STAGE_LEVEL[stage])  # type: ignore[union-attr]
         return block
 
-    def make_stage(self, stage: str, dim: int, num_heads: int, depth: int) -> nn.Sequential:
-        """An ``nn.Sequential`` of blocks (keys ``<stage>.<i>.*``, as the reference)."""
-        return nn.Sequential(*(self.build_block(stage, dim, num_heads) for _ in range(depth)))
+    def build_head(self, channels: int) -> None:
+        """Fusion head ``reduce_final`` ([enc1 dim, dec1 2·dim, refinement 2·dim] -> dim), then
+        ``output`` (dim -> out_channels). No dual-pixel ``skip_conv``."""
+        dim = self.dim
+        self.reduce_final = nn.Sequential(
+            nn.Conv2d(dim + 2 * channels, dim, kernel_size=3, stride=1, padding=1,
+                      bias=self.use_bias),
+            nn.GELU(),
+            nn.Conv2d(dim, dim, kernel_size=1, bias=self.use_bias),
+        )
+        self.output = nn.Conv2d(dim, self.out_channels, kernel_size=3, stride=1, padding=1,
+                                bias=self.use_bias)
 
     # ------------------------------------------------------------------ TLC switch
     @property
@@ -350,70 +336,48 @@ class TAT(nn.Module):
 
     def set_tlc(self, mode: TLCMode) -> None:
         """Switch the test-time local converter of every attention layer (see ``tlc``)."""
-        if mode not in (True, False, "auto"):
-            raise ConfigError(f"TAT: tlc must be true, false or 'auto', got {mode!r}")
+        _check_tlc(mode)
         self._tlc_mode = mode
         for m in self.modules():
             if isinstance(m, TLCAttentionMixin) and m.tlc is not None:
                 m.tlc = dataclasses.replace(m.tlc, mode=mode)
 
     # ------------------------------------------------------------------ forward pieces
-    def run_stage(self, stage: str, x: Tensor, kernels: LevelKernels | None = None) -> Tensor:
-        """Apply the blocks of ``stage``; adaptive stages need their level's kernels."""
+    def run_stage(self, stage: str, x: Tensor,
+                  cond: Mapping[str, LevelKernels] | None = None) -> Tensor:
+        """Apply the blocks of ``stage``; adaptive stages take their level's kernels from
+        ``cond`` (the output of :meth:`generate_kernels`)."""
         blocks: nn.Sequential = getattr(self, stage)
         if stage not in self.ADAPTIVE_STAGES:
             return blocks(x)
-        if kernels is None:
+        if cond is None:
             raise ValueError(f"stage {stage!r} is adaptive and needs generated kernels")
+        kernels = cond[self.ADAPTIVE_STAGES[stage]]
         for block in blocks:
             x = block(x, kernels.attn, kernels.ffn)
         return x
-
-    def encode(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        """Embedding and static encoder levels 1-3.
-
-        Returns ``([enc1, enc2, enc3], latent_input)``.
-        """
-        enc1 = self.run_stage("encoder_level1", self.patch_embed(x))
-        enc2 = self.run_stage("encoder_level2", self.down1_2(enc1))
-        enc3 = self.run_stage("encoder_level3", self.down2_3(enc2))
-        return [enc1, enc2, enc3], self.down3_4(enc3)
 
     def generate_kernels(self, latent_input: Tensor) -> dict[str, LevelKernels]:
         """Per-image kernels of every adaptive level, from the detached latent input."""
         return self.tren(latent_input)
 
-    def decode(self, latent_input: Tensor, skips: Sequence[Tensor],
-               kernels: Mapping[str, LevelKernels]) -> tuple[Tensor, Tensor]:
-        """Latent, decoder levels 3-1 and refinement; returns (decoder-1 out, refinement out)."""
-        enc1, enc2, enc3 = skips
-        lat = self.run_stage("latent", latent_input, kernels["latent"])
-        x = self.reduce_chan_level3(torch.cat([self.up4_3(lat), enc3], dim=1))
-        x = self.run_stage("decoder_level3", x, kernels["level3"])
-        x = self.reduce_chan_level2(torch.cat([self.up3_2(x), enc2], dim=1))
-        x = self.run_stage("decoder_level2", x, kernels["level2"])
-        dec1 = self.run_stage("decoder_level1", torch.cat([self.up2_1(x), enc1], dim=1),
-                              kernels["level1"])
-        return dec1, self.run_stage("refinement", dec1, kernels["level1"])
-
-    def head(self, enc1: Tensor, dec1: Tensor, refined: Tensor, x: Tensor) -> Tensor:
-        """Fusion of the three full-resolution feature maps, output conv, global residual."""
-        out = self.output(self.reduce_final(torch.cat([enc1, dec1, refined], dim=1)))
-        return out + x if self.use_residual else out
+    def head(self, features: Tensor, x: Tensor, skips: Sequence[Tensor]) -> Tensor:
+        """``features`` = concat[enc1, dec1, refinement]: fusion, output conv, global residual."""
+        return super().head(self.reduce_final(features), x, skips)
 
     def forward_padded(self, x: Tensor) -> Tensor:
         """The reference network proper; H and W must be multiples of 8."""
         skips, latent_input = self.encode(x)
         kernels = self.generate_kernels(latent_input)
-        dec1, refined = self.decode(latent_input, skips, kernels)
-        return self.head(skips[0], dec1, refined, x)
+        latent = self.run_stage("latent", latent_input, kernels)
+        dec1 = self.decode_levels(latent, skips, kernels)
+        refined = self.run_stage("refinement", dec1, kernels)
+        return self.head(torch.cat([skips[1], dec1, refined], dim=1), x, skips)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.pad_multiple:
-            return self.forward_padded(x)
-        x_p, (h, w) = pad_to_multiple(x, self.pad_multiple)
-        out = self.forward_padded(x_p)
-        return out if out.shape[-2:] == (h, w) else out[..., :h, :w]
+
+def _check_tlc(mode: Any) -> None:
+    if mode not in (True, False, "auto"):
+        raise ConfigError(f"model.net.tlc={mode!r}; expected true, false or 'auto'")
 
 
 # The reference's constructor spells two arguments differently; accept both spellings.
@@ -425,7 +389,9 @@ def _canonical(kwargs: dict[str, Any]) -> dict[str, Any]:
     for alias, name in _ALIASES.items():
         if alias in out:
             if name in out:
-                raise ConfigError(f"TAT: give either {name} or {alias}, not both")
+                raise ConfigError(f"model.net.{alias}={out[alias]!r} and model.net.{name}="
+                                  f"{out[name]!r}; expected only one of them ({alias} is the "
+                                  "reference's spelling)")
             out[name] = out.pop(alias)
     return out
 

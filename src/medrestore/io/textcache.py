@@ -456,6 +456,32 @@ def parts_dir(path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".parts")
 
 
+def merge_ranks(out: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (),
+                overwrite: bool = False) -> tuple[list[Path], int]:
+    """Merge the rank files of a sharded build into ``out``: ``inputs``, or by default every
+    ``OUT.rank<R>-of-<W>.h5`` (all W must be present). A rank whose build has not finished
+    (its parts folder exists) is refused. Returns ``(inputs, count)``."""
+    out = Path(out)
+    files = [Path(p) for p in inputs]
+    if not files:
+        found = sorted(out.parent.glob(f"{out.stem}.rank*-of-*{out.suffix}"))
+        worlds = {p.stem.rsplit("-of-", 1)[-1] for p in found}
+        if not found:
+            raise CacheError(f"{out}: no rank files {out.stem}.rank<R>-of-<W>{out.suffix} to merge")
+        if len(worlds) != 1:
+            raise CacheError(f"{out}: rank files of several world sizes {sorted(worlds)}; "
+                             "name the inputs explicitly")
+        world = int(worlds.pop())
+        files = [rank_path(out, r, world) for r in range(world)]
+        absent = [str(p) for p in files if not p.exists()]
+        if absent:
+            raise CacheError(f"{out}: rank file(s) missing: {absent}; finish those ranks first")
+    for p in files:
+        if parts_dir(p).exists():
+            raise CacheError(f"{p}: its build has not finished ({parts_dir(p)} exists); rerun it")
+    return files, merge_files(out, files, overwrite=overwrite)
+
+
 class CacheWriter:
     """Resumable writer of one cache file (see the module docstring for the crash design).
 

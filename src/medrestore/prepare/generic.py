@@ -8,17 +8,16 @@ of the split is the file (or series folder): all slices of one volume stay in on
 
 from __future__ import annotations
 
-import argparse
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from medrestore.datasets.converters.base import (
-    DICOM_EXTS,
-    IMAGE_EXTS,
-    NIFTI_EXTS,
+from medrestore.io.base import format_for_suffix
+from medrestore.prepare.base import (
+    IMAGE_FORMATS,
     SPLITS,
     Converter,
     ConvertError,
@@ -35,15 +34,14 @@ from medrestore.datasets.converters.base import (
     read_array,
     relpath,
     split_by_fractions,
-    suffix_of,
-    check_window,
-    pick_window,
 )
+from medrestore.prepare.options import WindowOptions, option, split_fractions
 
 SLICE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 _LQ_DIRS = ("lq", "input", "low", "degraded")
 _GT_DIRS = ("gt", "target", "hq", "clean", "label")
-_ENTRY_EXTS = IMAGE_EXTS + NIFTI_EXTS + DICOM_EXTS
+#: what a folder entry may be: a 2-D image, a NIfTI volume or a DICOM file
+_ENTRY_FORMATS = IMAGE_FORMATS + ("nifti", "dicom")
 
 
 def entries(folder: Path) -> dict[str, Path]:
@@ -55,7 +53,7 @@ def entries(folder: Path) -> dict[str, Path]:
             continue
         if p.is_dir():
             stem = p.name
-        elif p.is_file() and suffix_of(p) in _ENTRY_EXTS:
+        elif p.is_file() and format_for_suffix(p) in _ENTRY_FORMATS:
             stem = file_stem(p)
         else:
             continue
@@ -66,7 +64,7 @@ def entries(folder: Path) -> dict[str, Path]:
 
 
 def is_volume(p: Path) -> bool:
-    return p.is_dir() or suffix_of(p) in NIFTI_EXTS
+    return p.is_dir() or format_for_suffix(p) == "nifti"
 
 
 def read_slices(path: Path, axis: int) -> Iterator[tuple[int | None, np.ndarray, list[float] | None]]:
@@ -87,27 +85,27 @@ def read_slices(path: Path, axis: int) -> Iterator[tuple[int | None, np.ndarray,
         yield None, arr, inplane_spacing(sp)
 
 
-def _add_folder_arguments(p: argparse.ArgumentParser) -> None:
+def _task_names() -> list[str]:
     from medrestore.registry import task_names
 
-    p.add_argument("--task", required=True, choices=task_names(), help="task of the samples")
-    p.add_argument("--name", default=None,
-                   help="dataset name used in keys (default: the --src folder name)")
-    p.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="normalisation window in physical units (default: [0, 255] for uint8, "
-                        "else the task's registry window)")
-    p.add_argument("--unit", default=None, help="unit of --window (default: the task's unit)")
-    p.add_argument("--split-fractions", type=float, nargs=3, default=[0.8, 0.1, 0.1],
-                   metavar=("TRAIN", "VAL", "TEST"),
-                   help="seeded split by file when there are no train/val/test folders "
-                        "(default 0.8 0.1 0.1)")
-    p.add_argument("--slice-axis", choices=tuple(SLICE_AXES), default="axial",
-                   help="volumes (NIfTI, DICOM series folders) are cut along this voxel axis "
-                        "(default axial = k)")
+    return task_names()
 
 
-def _dataset_name(args: argparse.Namespace) -> str:
-    name = args.name or Path(args.src).resolve().name.lower()
+@dataclass(kw_only=True)
+class FolderOptions(WindowOptions):
+    """Options of the generic folder converters."""
+
+    task: str = option(help="task of the samples", choices=_task_names)
+    name: str | None = option(None, "dataset name used in keys (default: the --src folder name)")
+    split_fractions: tuple[float, float, float] = split_fractions(
+        (0.8, 0.1, 0.1), "seeded split by file when there are no train/val/test folders "
+        "(default 0.8 0.1 0.1)")
+    slice_axis: str = option("axial", "volumes (NIfTI, DICOM series folders) are cut along this "
+                             "voxel axis (default axial = k)", choices=tuple(SLICE_AXES))
+
+
+def _dataset_name(opts: FolderOptions) -> str:
+    name = opts.name or Path(opts.src).resolve().name.lower()
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "data"
     return name
 
@@ -132,13 +130,11 @@ class PairedFolder(Converter):
 
     name = "paired_folder"
     help = "generic lq/ + gt/ folders (optionally per split), paired by file stem"
+    Options = FolderOptions
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        _add_folder_arguments(p)
-
-    def discover(self, args: argparse.Namespace) -> list[Item]:
-        src = Path(args.src)
-        name = _dataset_name(args)
+    def discover(self, opts: FolderOptions) -> list[Item]:
+        src = Path(opts.src)
+        name = _dataset_name(opts)
         groups = _split_folders(src)
         if groups:
             found: list[tuple[str, str, Path, Path]] = []
@@ -151,7 +147,7 @@ class PairedFolder(Converter):
             return [Item(f"{name}/{stem}", split, {"lq": lq, "gt": gt})
                     for split, stem, lq, gt in found]
         pairs = self._pairs(src, "paired_folder")
-        split = split_by_fractions([p[0] for p in pairs], args.split_fractions, args.seed, name)
+        split = split_by_fractions([p[0] for p in pairs], opts.split_fractions, opts.seed, name)
         return [Item(f"{name}/{stem}", split[stem], {"lq": lq, "gt": gt})
                 for stem, lq, gt in pairs]
 
@@ -164,11 +160,11 @@ class PairedFolder(Converter):
                                f"{folder}/lq and {folder}/gt)")
         return pair_up(entries(lq_dir), entries(gt_dir), where)
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
-        from medrestore.sample import make_meta
+    def convert(self, item: Item, opts: FolderOptions) -> Iterable[Record]:
+        from medrestore.sample import check_window, make_meta, pick_window
 
-        src, task = Path(args.src), args.task
-        axis = SLICE_AXES[args.slice_axis]
+        src, task = Path(opts.src), opts.task
+        axis = SLICE_AXES[opts.slice_axis]
         lq_path, gt_path = item.data["lq"], item.data["gt"]
         lqs = list(read_slices(lq_path, axis))
         gts = list(read_slices(gt_path, axis))
@@ -176,13 +172,13 @@ class PairedFolder(Converter):
             raise ConvertError(f"{lq_path} has {len(lqs)} slice(s) but {gt_path} has {len(gts)}")
         source = {"lq": relpath(lq_path, src), "gt": relpath(gt_path, src)}
         for (i, lq, _), (_, gt, spacing) in iter_progress(zip(lqs, gts), len(gts), item.unit,
-                                                          args.quiet, "image"):
+                                                          opts.quiet, "image"):
             scale = _scale_of(lq, gt, lq_path, gt_path)
             key = item.unit if i is None else f"{item.unit}/{i:03d}"
-            norm = pick_window(gt, task, gt_path, args.window, args.unit)
-            if args.window is None:
+            norm = pick_window(gt, task, gt_path, opts.window, opts.unit)
+            if opts.window is None:
                 check_window(lq, norm, lq_path)
-            extra: dict[str, Any] = {"slice_index": i, "slice_axis": args.slice_axis} \
+            extra: dict[str, Any] = {"slice_index": i, "slice_axis": opts.slice_axis} \
                 if i is not None else {}
             meta = make_meta(task, normalisation=norm, spacing=spacing, channels=int(gt.shape[0]),
                              source=source, image=item.unit, degradation="real paired data",
@@ -212,6 +208,17 @@ def _scale_of(lq: np.ndarray, gt: np.ndarray, lq_path: Path, gt_path: Path) -> i
 # clean folders + simulator
 
 
+@dataclass(kw_only=True)
+class CleanFolderOptions(FolderOptions):
+    simulator: str | None = option(None, "simulator name (default: the task's default "
+                                   "simulator)")
+    param: tuple[str, ...] = option((), "simulator parameter (repeatable; values parsed as JSON "
+                                    "numbers / booleans where possible)", metavar="KEY=VALUE",
+                                    append=True)
+    on_the_fly: bool = option(False, "store training samples clean-only (degraded by the "
+                              "loader)")
+
+
 class CleanFolder(Converter):
     """Clean images only, degraded by a simulator (any task).
 
@@ -223,31 +230,22 @@ class CleanFolder(Converter):
 
     name = "clean_folder"
     help = "clean images + a degradation simulator (any task; optional on-the-fly training LQ)"
+    Options = CleanFolderOptions
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        _add_folder_arguments(p)
-        p.add_argument("--simulator", default=None,
-                       help="simulator name (default: the task's default simulator)")
-        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                       help="simulator parameter (repeatable; values parsed as JSON numbers / "
-                            "booleans where possible)")
-        p.add_argument("--on-the-fly", action="store_true",
-                       help="store training samples clean-only (degraded by the loader)")
-
-    def _simulator(self, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    def _simulator(self, opts: CleanFolderOptions) -> tuple[str, dict[str, Any]]:
         from medrestore.degradations.simulators import SIMULATORS, default_simulator
 
-        name = args.simulator or default_simulator(args.task)
+        name = opts.simulator or default_simulator(opts.task)
         if name not in SIMULATORS:
             raise ConvertError(f"--simulator {name!r} is unknown; known simulators: "
                                f"{', '.join(sorted(SIMULATORS))}")
-        params = dict(parse_param(p) for p in args.param)
+        params = dict(parse_param(p) for p in opts.param)
         return name, params
 
-    def discover(self, args: argparse.Namespace) -> list[Item]:
-        src = Path(args.src)
-        name = _dataset_name(args)
-        self._simulator(args)                      # unknown simulator: fail before slow work
+    def discover(self, opts: CleanFolderOptions) -> list[Item]:
+        src = Path(opts.src)
+        name = _dataset_name(opts)
+        self._simulator(opts)                      # unknown simulator: fail before slow work
         groups = _split_folders(src)
         if groups:
             found = [(split, stem, path) for split, folder in groups.items()
@@ -258,34 +256,34 @@ class CleanFolder(Converter):
                                    "one split folder; a unit must live in one split")
         else:
             found = [("", stem, path) for stem, path in entries(src).items()]
-            split = split_by_fractions([f[1] for f in found], args.split_fractions, args.seed, name)
+            split = split_by_fractions([f[1] for f in found], opts.split_fractions, opts.seed, name)
             found = [(split[stem], stem, path) for _, stem, path in found]
         if not found:
             raise ConvertError(f"clean_folder: no images or volumes in {src}")
         return [Item(f"{name}/{stem}", split, {"gt": path}) for split, stem, path in found]
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
+    def convert(self, item: Item, opts: CleanFolderOptions) -> Iterable[Record]:
         from medrestore.degradations.rng import keyed_rng
         from medrestore.degradations.simulators import simulate
-        from medrestore.sample import Normalisation, make_meta
+        from medrestore.sample import Normalisation, make_meta, pick_window
 
-        src, task = Path(args.src), args.task
-        sim, params = self._simulator(args)
-        axis = SLICE_AXES[args.slice_axis]
+        src, task = Path(opts.src), opts.task
+        sim, params = self._simulator(opts)
+        axis = SLICE_AXES[opts.slice_axis]
         gt_path = item.data["gt"]
         source = {"gt": relpath(gt_path, src)}
         slices = list(read_slices(gt_path, axis))
-        for i, gt, spacing in iter_progress(slices, len(slices), item.unit, args.quiet, "image"):
+        for i, gt, spacing in iter_progress(slices, len(slices), item.unit, opts.quiet, "image"):
             key = item.unit if i is None else f"{item.unit}/{i:03d}"
-            norm = pick_window(gt, task, gt_path, args.window, args.unit)
-            degradation = {"simulator": sim, "params": params, "seed": int(args.seed)}
-            extra: dict[str, Any] = {"slice_index": i, "slice_axis": args.slice_axis} \
+            norm = pick_window(gt, task, gt_path, opts.window, opts.unit)
+            degradation = {"simulator": sim, "params": params, "seed": int(opts.seed)}
+            extra: dict[str, Any] = {"slice_index": i, "slice_axis": opts.slice_axis} \
                 if i is not None else {}
-            if args.on_the_fly and item.split == "train":
+            if opts.on_the_fly and item.split == "train":
                 extra["simulator"] = {"name": sim, "params": params}
                 lq = None
             else:
-                lq = simulate(sim, gt.astype(np.float32), rng=keyed_rng(f"{task}:{key}", args.seed),
+                lq = simulate(sim, gt.astype(np.float32), rng=keyed_rng(f"{task}:{key}", opts.seed),
                               normalisation=Normalisation.from_dict(norm), spacing=spacing,
                               **params)
                 lq = np.asarray(lq, dtype=np.float32)

@@ -1,5 +1,6 @@
-"""Small pieces shared by captioners and text encoders: weight hashes, the tokenizer sanity
-check, device / dtype choice and ``"module:Class"`` plug-ins. Nothing heavy at import time."""
+"""Small pieces shared by captioners and text encoders: the two registries, weight hashes, the
+tokenizer sanity check, device / dtype choice and ``"module:Class"`` plug-ins. Nothing heavy at
+import time."""
 
 from __future__ import annotations
 
@@ -10,6 +11,19 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medrestore.errors import ConfigError
+from medrestore.registry import Registry
+
+_PKG = "medrestore.prepare.captions"
+
+#: ``captioner.name`` of a cache config -> "module:Class" of a Captioner
+CAPTIONERS = Registry("captioner")
+CAPTIONERS.add("template", f"{_PKG}.captioners:TemplateCaptioner")
+CAPTIONERS.add("llava", f"{_PKG}.captioners:LlavaCaptioner")
+
+#: ``encoder.name`` of a cache config -> "module:Class" of a TextEncoder
+ENCODERS = Registry("encoder")
+ENCODERS.add("open_clip", f"{_PKG}.encoders:OpenClipEncoder")
+ENCODERS.add("minilm", f"{_PKG}.encoders:MeanPoolEncoder")
 
 #: suffixes of files that hold weights (hashed into fingerprints)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".gguf")
@@ -103,17 +117,20 @@ def import_object(spec: str, what: str) -> Any:
         raise ConfigError(f"{what}={spec!r} cannot be imported ({exc})") from None
 
 
-def build_component(cfg: Mapping[str, Any], registry: Mapping[str, str], what: str) -> Any:
+def build_component(cfg: Mapping[str, Any], registry: Registry, what: str) -> Any:
     """Build a captioner / encoder from ``{name: <registered name or module:Class>, **kwargs}``."""
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if not name:
-        raise ConfigError(f"{what}.name is required; known: {sorted(registry)} or 'module:Class'")
-    target = registry.get(str(name))
-    if target is None and ":" not in str(name):
-        raise ConfigError(f"{what}.name={name!r} is unknown; known: {sorted(registry)} "
+        raise ConfigError(f"{what}.name is required; known: {registry.names()} or 'module:Class'")
+    name = str(name)
+    if name in registry:
+        cls = registry.get(name)
+    elif ":" in name:
+        cls = import_object(name, f"{what}.name")
+    else:
+        raise ConfigError(f"{what}.name={name!r} is unknown; known: {registry.names()} "
                           "(or a plug-in 'module:Class')")
-    cls = import_object(target or str(name), f"{what}.name")
     try:
         return cls(**cfg)
     except TypeError as exc:

@@ -8,21 +8,21 @@ normalisation window is the task's registry default ([-1024, 3072] HU, [0, 4095]
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from medrestore.datasets.converters.base import (
-    NIFTI_EXTS,
+from medrestore.io.base import format_for_suffix
+from medrestore.io.dicom import DicomError, dicom_files_in, read_header, series_headers
+from medrestore.prepare.base import (
     Converter,
     ConvertError,
     Item,
     Record,
-    add_split_arguments,
     child,
     compact_integral,
     inplane_spacing,
@@ -34,81 +34,47 @@ from medrestore.datasets.converters.base import (
     relpath,
     seeded_order,
     split_explicit,
+    explicit_ids,
+    file_stem,
     split_units,
-    suffix_of,
-    window_for,
 )
+from medrestore.prepare.options import SourceOptions, option, split_fractions
 
 
 # --------------------------------------------------------------------------------------------
 # DICOM headers (positions for pairing, PET dose information)
 
 
-def _dicom_files(folder: Path) -> list[Path]:
-    """Every non-hidden file of a DICOM folder (AAPM uses ``.IMA``; others ``.dcm`` or none)."""
-    return sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.name.upper() != "DICOMDIR"), key=lambda p: natural_key(p.name))
-
-
-def _read_header(path: Path):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        raise ConvertError(f"{path}: not a DICOM file") from None
-    except Exception as exc:  # truncated headers raise EOFError, struct.error, ...
-        raise ConvertError(f"{path}: unreadable DICOM header ({type(exc).__name__})") from None
-
-
-def _floats(v: Any) -> list[float] | None:
-    try:
-        return None if v is None else [float(x) for x in v]
-    except (TypeError, ValueError):
-        return None
-
-
-def _slice_position(ds, path: Path) -> float:
-    """Position along the slice normal (mm): ``ImagePositionPatient · (row × column)``."""
-    ipp = _floats(ds.get("ImagePositionPatient"))
-    if ipp is None or len(ipp) != 3:
-        raise ConvertError(f"{path}: no ImagePositionPatient (0020,0032); slices are paired by "
-                           "position")
-    iop = _floats(ds.get("ImageOrientationPatient"))
-    if iop is None or len(iop) != 6:
-        return ipp[2]
-    normal = np.cross(iop[:3], iop[3:])
-    return float(np.dot(ipp, normal))
-
-
 def _series_slices(folder: Path, where: str) -> list[dict[str, Any]]:
-    """Headers of one single-series folder, sorted by slice position."""
-    files = _dicom_files(folder)
-    if not files:
-        raise ConvertError(f"{where}: folder {folder} has no DICOM files")
-    rows, uids = [], set()
-    for f in files:
-        ds = _read_header(f)
-        uids.add(str(ds.get("SeriesInstanceUID", "")))
-        rows.append({"path": f, "z": _slice_position(ds, f),
-                     "pixel_spacing": _floats(ds.get("PixelSpacing")),
-                     "thickness": float(ds.get("SliceThickness") or 0.0) or None,
-                     "shape": (int(ds.get("Rows", 0)), int(ds.get("Columns", 0)))})
-    if len(uids) > 1:
-        raise ConvertError(f"{where}: folder {folder} mixes {len(uids)} DICOM series; expected one")
-    rows.sort(key=lambda r: r["z"])
-    zs = np.array([r["z"] for r in rows])
-    dup = np.flatnonzero(np.diff(zs) < 1e-4)
-    if dup.size:
-        i = int(dup[0])
-        raise ConvertError(f"{where}: {rows[i]['path'].name} and {rows[i + 1]['path'].name} have "
-                           f"the same slice position z={zs[i]:.3f} mm")
+    """Headers of one single-series folder, sorted by slice position (``io.dicom``'s order and
+    duplicate tolerance); ``z`` is the position along the slice normal."""
+    try:
+        rows = series_headers(folder)
+    except DicomError as exc:
+        raise ConvertError(f"{where}: {exc}") from None
+    for r in rows:
+        r["z"] = r["position"]
     return rows
 
 
 # --------------------------------------------------------------------------------------------
 # AAPM-Mayo
+
+
+@dataclass(kw_only=True)
+class AapmMayoOptions(SourceOptions):
+    thickness: str = option("3mm", "reconstruction slice thickness; sets the default --dose-dir "
+                            "/ --full-dir (default 3mm)", choices=("3mm", "1mm"))
+    dose_dir: str | None = option(None, "low-dose folder inside each patient (default "
+                                  "quarter_<thickness>)", metavar="NAME")
+    full_dir: str | None = option(None, "full-dose folder inside each patient (default "
+                                  "full_<thickness>)", metavar="NAME")
+    val_patients: tuple[str, ...] = option(("L333",), "validation patients, or one integer N: N "
+                                           "patients chosen by seed (default L333)",
+                                           metavar="ID")
+    test_patients: tuple[str, ...] = option(("L506",), "test patients, or one integer N "
+                                            "(default L506)", metavar="ID")
+    float32: bool = option(False, "store HU as float32 even when int16 would be exact")
 
 
 class AapmMayo(Converter):
@@ -125,33 +91,19 @@ class AapmMayo(Converter):
     unit = "patient"
     task = "ct_denoise"
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--thickness", choices=("3mm", "1mm"), default="3mm",
-                       help="reconstruction slice thickness; sets the default --dose-dir / "
-                            "--full-dir (default 3mm)")
-        p.add_argument("--dose-dir", default=None, metavar="NAME",
-                       help="low-dose folder inside each patient (default quarter_<thickness>)")
-        p.add_argument("--full-dir", default=None, metavar="NAME",
-                       help="full-dose folder inside each patient (default full_<thickness>)")
-        p.add_argument("--val-patients", nargs="+", default=["L333"], metavar="ID",
-                       help="validation patients, or one integer N: N patients chosen by seed "
-                            "(default L333)")
-        p.add_argument("--test-patients", nargs="+", default=["L506"], metavar="ID",
-                       help="test patients, or one integer N (default L506)")
-        p.add_argument("--float32", action="store_true",
-                       help="store HU as float32 even when int16 would be exact")
+    Options = AapmMayoOptions
 
-    def _dirs(self, args: argparse.Namespace) -> tuple[str, str]:
-        return (args.dose_dir or f"quarter_{args.thickness}", args.full_dir or f"full_{args.thickness}")
+    def _dirs(self, opts: AapmMayoOptions) -> tuple[str, str]:
+        return (opts.dose_dir or f"quarter_{opts.thickness}", opts.full_dir or f"full_{opts.thickness}")
 
-    def discover(self, args: argparse.Namespace) -> list[Item]:
-        src = Path(args.src)
-        dose_dir, full_dir = self._dirs(args)
+    def discover(self, opts: AapmMayoOptions) -> list[Item]:
+        src = Path(opts.src)
+        dose_dir, full_dir = self._dirs(opts)
         patients = _patient_first(src, dose_dir, full_dir) or _dose_first(src, dose_dir, full_dir)
         if not patients:
             raise ConvertError(f"aapm_mayo: no patient folder under {src} contains {dose_dir}/ "
                                f"and {full_dir}/ (expected {src}/L067/{dose_dir}/*.IMA)")
-        split = _split_named_or_count(list(patients), args, "patient", "aapm_mayo")
+        split = _split_named_or_count(list(patients), opts, "patient", "aapm_mayo")
         items = []
         for pid, (q, f, q_name, f_name) in patients.items():
             qs = _series_slices(q, f"aapm_mayo: patient {pid}")
@@ -161,20 +113,20 @@ class AapmMayo(Converter):
                                                 "full_dir": f_name}))
         return items
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
+    def convert(self, item: Item, opts: AapmMayoOptions) -> Iterable[Record]:
         from medrestore.io.dicom import read_dicom
 
-        src = Path(args.src)
+        src = Path(opts.src)
         pairs = item.data["pairs"]
         zs = np.array([g["z"] for _, g in pairs])
         slice_spacing = float(np.median(np.diff(zs))) if len(zs) > 1 else None
-        for i, (q, g) in enumerate(iter_progress(pairs, len(pairs), item.unit, args.quiet)):
+        for i, (q, g) in enumerate(iter_progress(pairs, len(pairs), item.unit, opts.quiet)):
             lq, lq_meta = read_dicom(q["path"])
             gt, gt_meta = read_dicom(g["path"])
             if lq.shape != gt.shape or gt.ndim != 2:
                 raise ConvertError(f"aapm_mayo: patient {item.unit}: {q['path'].name} "
                                    f"{lq.shape} and {g['path'].name} {gt.shape} differ in size")
-            if not args.float32:
+            if not opts.float32:
                 lq16, gt16 = compact_integral(lq), compact_integral(gt)
                 if lq16.dtype == np.int16 and gt16.dtype == np.int16:
                     lq, gt = lq16, gt16
@@ -223,7 +175,7 @@ def _dose_first(src: Path, dose_dir: str, full_dir: str
 
 def _ct_meta(task: str, gt: np.ndarray, gt_meta: dict, g: dict, slice_spacing: float | None,
              item: Item, index: int, source: dict[str, str]) -> dict[str, Any]:
-    from medrestore.sample import make_meta
+    from medrestore.sample import make_meta, window_for
 
     spacing = gt_meta.get("pixel_spacing") or g.get("pixel_spacing")
     return make_meta(task, normalisation=window_for(gt.dtype, task), spacing=spacing, channels=1,
@@ -254,16 +206,16 @@ def _pair_by_position(qs: list[dict], fs: list[dict], pid: str, qname: str, fnam
     return list(zip(qs, fs))
 
 
-def _split_named_or_count(units: Sequence[str], args: argparse.Namespace, unit: str, salt: str
+def _split_named_or_count(units: Sequence[str], opts: AapmMayoOptions, unit: str, salt: str
                           ) -> dict[str, str]:
     """``--val-<unit>s`` / ``--test-<unit>s``: explicit ids, or one integer N each (seeded)."""
-    val, test = parse_ids(getattr(args, f"val_{unit}s")), parse_ids(getattr(args, f"test_{unit}s"))
+    val, test = parse_ids(getattr(opts, f"val_{unit}s")), parse_ids(getattr(opts, f"test_{unit}s"))
 
     def count(ids: list[str]) -> int | None:
         return int(ids[0]) if len(ids) == 1 and ids[0].isdigit() else None
 
     n_test, n_val = count(test), count(val)
-    order = seeded_order(units, args.seed, salt)
+    order = seeded_order(units, opts.seed, salt)
     if n_test is not None:
         test = [u for u in order if u not in val][:n_test] if n_val is None else order[:n_test]
     if n_val is not None:
@@ -278,6 +230,20 @@ def _split_named_or_count(units: Sequence[str], args: argparse.Namespace, unit: 
 _IXI_RE = re.compile(r"^(IXI\d+)-([A-Za-z]+)-(\d+)-([A-Za-z0-9]+)\.nii(\.gz)?$")
 # TAT / Restore-RWKV protocol: 578 T2 volumes split 405 / 59 / 114
 IXI_FRACTIONS = (405 / 578, 59 / 578, 114 / 578)
+
+
+@dataclass(kw_only=True)
+class IxiOptions(SourceOptions):
+    modality: str = option("T2", "IXI contrast folder IXI-<modality> (default T2)",
+                           choices=("T2", "T1", "PD"))
+    slices: int = option(100, "central axial slices per volume (default 100; 0 = all)")
+    method: str = option("kspace", "LQ simulation: central k-space truncation (default) or "
+                         "bicubic", choices=("kspace", "bicubic"))
+    scale: int = option(4, "degradation factor per axis (4)")
+    split_fractions: tuple[float, float, float] = split_fractions(
+        IXI_FRACTIONS, "subject split fractions (default 405/59/114 of 578, TAT)")
+    val_subjects: tuple[str, ...] | None = explicit_ids("subject", "val")
+    test_subjects: tuple[str, ...] | None = explicit_ids("subject", "test")
 
 
 class Ixi(Converter):
@@ -295,46 +261,37 @@ class Ixi(Converter):
     unit = "subject"
     task = "mri_sr"
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--modality", choices=("T2", "T1", "PD"), default="T2",
-                       help="IXI contrast folder IXI-<modality> (default T2)")
-        p.add_argument("--slices", type=int, default=100,
-                       help="central axial slices per volume (default 100; 0 = all)")
-        p.add_argument("--method", choices=("kspace", "bicubic"), default="kspace",
-                       help="LQ simulation: central k-space truncation (default) or bicubic")
-        p.add_argument("--scale", type=int, default=4, help="degradation factor per axis (4)")
-        add_split_arguments(p, "subject", IXI_FRACTIONS,
-                            "subject split fractions (default 405/59/114 of 578, TAT)")
+    Options = IxiOptions
 
-    def discover(self, args: argparse.Namespace) -> list[Item]:
-        src = Path(args.src)
-        folder = child(src, [f"IXI-{args.modality}"]) or src
+    def discover(self, opts: IxiOptions) -> list[Item]:
+        src = Path(opts.src)
+        folder = child(src, [f"IXI-{opts.modality}"]) or src
         subjects: dict[str, dict[str, Any]] = {}
-        for f in list_files(folder, NIFTI_EXTS):
+        for f in list_files(folder, ("nifti",)):
             m = _IXI_RE.match(f.name)
-            if not m or m.group(4).upper() != args.modality:
+            if not m or m.group(4).upper() != opts.modality:
                 continue
             sid = m.group(1)
             if sid in subjects:
-                raise ConvertError(f"ixi: subject {sid} has two {args.modality} volumes: "
+                raise ConvertError(f"ixi: subject {sid} has two {opts.modality} volumes: "
                                    f"{subjects[sid]['path'].name} and {f.name}")
             subjects[sid] = {"path": f, "site": m.group(2)}
         if not subjects:
-            raise ConvertError(f"ixi: no IXI*-{args.modality}.nii.gz files in "
-                               f"{src / f'IXI-{args.modality}'} or {src}")
-        if args.slices < 0:
-            raise ConvertError(f"--slices must be >= 0, got {args.slices}")
-        if args.scale < 2:
-            raise ConvertError(f"--scale must be >= 2, got {args.scale}")
-        split = split_units(list(subjects), args, "subject", f"ixi-{args.modality}")
+            raise ConvertError(f"ixi: no IXI*-{opts.modality}.nii.gz files in "
+                               f"{src / f'IXI-{opts.modality}'} or {src}")
+        if opts.slices < 0:
+            raise ConvertError(f"--slices must be >= 0, got {opts.slices}")
+        if opts.scale < 2:
+            raise ConvertError(f"--scale must be >= 2, got {opts.scale}")
+        split = split_units(list(subjects), opts, "subject", f"ixi-{opts.modality}")
         return [Item(s, split[s], d) for s, d in subjects.items()]
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
+    def convert(self, item: Item, opts: IxiOptions) -> Iterable[Record]:
         from medrestore.degradations.rng import keyed_rng
         from medrestore.degradations.simulators import simulate
-        from medrestore.sample import Normalisation, make_meta
+        from medrestore.sample import Normalisation, make_meta, window_for
 
-        src = Path(args.src)
+        src = Path(opts.src)
         vol, vmeta = read_array(item.data["path"])
         vol = np.asarray(vol)
         if vol.ndim != 3:
@@ -342,26 +299,26 @@ class Ixi(Converter):
                                f"{vol.shape}")
         vol = compact_integral(vol)
         z_all = vol.shape[0]
-        n = z_all if args.slices in (0, None) else min(args.slices, z_all)
+        n = z_all if opts.slices in (0, None) else min(opts.slices, z_all)
         start = (z_all - n) // 2
         spacing = vmeta.get("spacing")
         inplane = inplane_spacing(spacing, 0) if spacing and len(spacing) == 3 else None
-        sim = "mri_kspace" if args.method == "kspace" else "mri_bicubic"
-        params = {"scale": int(args.scale)}
+        sim = "mri_kspace" if opts.method == "kspace" else "mri_bicubic"
+        params = {"scale": int(opts.scale)}
         source = relpath(item.data["path"], src)
-        for z in iter_progress(range(start, start + n), n, item.unit, args.quiet):
+        for z in iter_progress(range(start, start + n), n, item.unit, opts.quiet):
             gt = vol[z][None]
-            key = f"ixi/{item.unit}/{args.modality}/z{z:03d}"
+            key = f"ixi/{item.unit}/{opts.modality}/z{z:03d}"
             norm = window_for(gt.dtype, self.task)
-            lq = simulate(sim, gt.astype(np.float32), rng=keyed_rng(f"{self.task}:{key}", args.seed),
+            lq = simulate(sim, gt.astype(np.float32), rng=keyed_rng(f"{self.task}:{key}", opts.seed),
                           normalisation=Normalisation.from_dict(norm), spacing=inplane, **params)
             meta = make_meta(self.task, normalisation=norm, spacing=inplane, channels=1,
                              source={"gt": source}, subject=item.unit, site=item.data["site"],
-                             volume=item.unit, contrast=args.modality, slice_index=int(z),
+                             volume=item.unit, contrast=opts.modality, slice_index=int(z),
                              slice_spacing=(float(spacing[0]) if spacing and len(spacing) == 3
                                             and spacing[0] is not None else None),
                              degradation={"simulator": sim, "params": params,
-                                          "seed": int(args.seed)})
+                                          "seed": int(opts.seed)})
             yield Record(self.task, key, gt, np.asarray(lq, dtype=np.float32), meta, source)
 
 
@@ -373,6 +330,22 @@ PET_GT_NAMES = ("gt", "fd", "full_dose", "full-dose", "fulldose")
 # TAT's private PET data: 159 patients split 120 / 10 / 29
 PET_FRACTIONS = (120 / 159, 10 / 159, 29 / 159)
 SLICE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+
+@dataclass(kw_only=True)
+class PetOptions(SourceOptions):
+    slice_axis: str = option("coronal", "voxel axis to slice along: axial = k, coronal = j, "
+                             "sagittal = i of the (i, j, k) volume (default coronal, as TAT)",
+                             choices=tuple(SLICE_AXES))
+    air_threshold: float = option(0.2, "drop slices whose full-dose maximum is below this SUV "
+                                  "(default 0.2)", metavar="SUV")
+    suv_scale: float = option(1.0, "factor applied to NIfTI values to get SUV (default 1: "
+                              "already SUV)", flags=("--scale",))
+    name: str = option("pet", "dataset name used in keys (default pet)")
+    split_fractions: tuple[float, float, float] = split_fractions(
+        PET_FRACTIONS, "patient split fractions (default 120/10/29 of 159, TAT)")
+    val_patients: tuple[str, ...] | None = explicit_ids("patient", "val")
+    test_patients: tuple[str, ...] | None = explicit_ids("patient", "test")
 
 
 class PairedPet(Converter):
@@ -391,24 +364,14 @@ class PairedPet(Converter):
     unit = "patient"
     task = "pet_synthesis"
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--slice-axis", choices=tuple(SLICE_AXES), default="coronal",
-                       help="voxel axis to slice along: axial = k, coronal = j, sagittal = i of "
-                            "the (i, j, k) volume (default coronal, as TAT)")
-        p.add_argument("--air-threshold", type=float, default=0.2, metavar="SUV",
-                       help="drop slices whose full-dose maximum is below this SUV (default 0.2)")
-        p.add_argument("--suv-scale", "--scale", dest="suv_scale", type=float, default=1.0,
-                       help="factor applied to NIfTI values to get SUV (default 1: already SUV)")
-        p.add_argument("--name", default="pet", help="dataset name used in keys (default pet)")
-        add_split_arguments(p, "patient", PET_FRACTIONS,
-                            "patient split fractions (default 120/10/29 of 159, TAT)")
+    Options = PetOptions
 
-    def discover(self, args: argparse.Namespace) -> list[Item]:
-        src = Path(args.src)
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
-            raise ConvertError(f"--name {args.name!r}: use letters, digits, '_', '-', '.'")
-        if args.suv_scale <= 0:
-            raise ConvertError(f"--suv-scale must be positive, got {args.suv_scale}")
+    def discover(self, opts: PetOptions) -> list[Item]:
+        src = Path(opts.src)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", opts.name):
+            raise ConvertError(f"--name {opts.name!r}: use letters, digits, '_', '-', '.'")
+        if opts.suv_scale <= 0:
+            raise ConvertError(f"--suv-scale must be positive, got {opts.suv_scale}")
         patients: dict[str, dict[str, Any]] = {}
         for d in sorted((p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")),
                         key=lambda p: natural_key(p.name)):
@@ -420,34 +383,34 @@ class PairedPet(Converter):
         if not patients:
             raise ConvertError(f"pet: no patient folders under {src} (expected "
                                f"{src}/<patient>/lq.nii.gz and gt.nii.gz, or DICOM folders)")
-        split = split_units(list(patients), args, "patient", args.name)
+        split = split_units(list(patients), opts, "patient", opts.name)
         return [Item(p, split[p], d) for p, d in patients.items()]
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
-        from medrestore.sample import make_meta
+    def convert(self, item: Item, opts: PetOptions) -> Iterable[Record]:
+        from medrestore.sample import make_meta, window_for
 
-        src = Path(args.src)
+        src = Path(opts.src)
         where = f"pet: patient {item.unit}"
-        lq, _ = _read_pet(item.data["lq"], item.data["lq_suv"], args.suv_scale, where)
-        gt, gmeta = _read_pet(item.data["gt"], item.data["gt_suv"], args.suv_scale, where)
+        lq, _ = _read_pet(item.data["lq"], item.data["lq_suv"], opts.suv_scale, where)
+        gt, gmeta = _read_pet(item.data["gt"], item.data["gt_suv"], opts.suv_scale, where)
         if lq.shape != gt.shape:
             raise ConvertError(f"{where}: low-dose volume {lq.shape} and full-dose volume "
                                f"{gt.shape} differ in shape")
-        axis = SLICE_AXES[args.slice_axis]
+        axis = SLICE_AXES[opts.slice_axis]
         spacing = gmeta.get("spacing")
         inplane = inplane_spacing(spacing, axis) if spacing and len(spacing) == 3 else None
         norm = window_for(np.float32, self.task)
         source = {"lq": relpath(item.data["lq"], src), "gt": relpath(item.data["gt"], src)}
         suv = {"lq": item.data["lq_suv"]["how"], "gt": item.data["gt_suv"]["how"]}
         n = gt.shape[axis]
-        for i in iter_progress(range(n), n, item.unit, args.quiet):
+        for i in iter_progress(range(n), n, item.unit, opts.quiet):
             g = np.take(gt, i, axis=axis)
-            if float(g.max()) < args.air_threshold:
+            if float(g.max()) < opts.air_threshold:
                 continue                                       # air only: nothing to learn
             q = np.take(lq, i, axis=axis)
-            key = f"{args.name}/{item.unit}/{args.slice_axis}/{i:03d}"
+            key = f"{opts.name}/{item.unit}/{opts.slice_axis}/{i:03d}"
             meta = make_meta(self.task, normalisation=norm, spacing=inplane, channels=1,
-                             source=source, patient=item.unit, slice_axis=args.slice_axis,
+                             source=source, patient=item.unit, slice_axis=opts.slice_axis,
                              slice_index=int(i), suv=suv,
                              degradation="real low-count acquisition (paired reconstruction)")
             yield Record(self.task, key, np.ascontiguousarray(g[None], dtype=np.float32),
@@ -460,7 +423,7 @@ def _pet_entry(patient_dir: Path, names: Sequence[str], what: str) -> Path:
     for p in patient_dir.iterdir():
         if p.name.startswith("."):
             continue
-        base = p.name[:-len(suffix_of(p))] if p.is_file() and suffix_of(p) in NIFTI_EXTS else (
+        base = file_stem(p) if p.is_file() and format_for_suffix(p) == "nifti" else (
             p.name if p.is_dir() else None)
         if base is not None and base.lower() in names:
             found.append(p)
@@ -477,10 +440,10 @@ def _suv_info(entry: Path, where: str) -> dict[str, Any]:
     """How to get SUV from one volume: NIfTI scale, or the DICOM BQML -> SUVbw factor."""
     if not entry.is_dir():
         return {"how": "nifti", "factor": None}
-    files = _dicom_files(entry)
+    files = dicom_files_in(entry)
     if not files:
         raise ConvertError(f"{where}: DICOM folder {entry} is empty")
-    ds = _read_header(files[0])
+    ds = read_header(files[0])
     factor, how = suv_factor(ds, f"{where}: {files[0].name}")
     return {"how": how, "factor": factor}
 

@@ -26,9 +26,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from medrestore.captions.common import (build_component, check_vocab, resolve_device,
-                                        resolve_dtype, tokenizer_sha256, weights_sha256)
 from medrestore.errors import ConfigError
+from medrestore.prepare.captions.common import (
+    CAPTIONERS,
+    build_component,
+    check_vocab,
+    resolve_device,
+    resolve_dtype,
+    tokenizer_sha256,
+    weights_sha256,
+)
 
 #: the perspectives of the paper's figure (content/objects, colour, brightness, viewpoint)
 PERSPECTIVES = ("content", "objects", "colour", "brightness", "viewpoint")
@@ -370,12 +377,6 @@ class LlavaCaptioner(Captioner):
             for o, t in zip(out, proc.batch_decode(new, skip_special_tokens=True)):
                 o[persp] = " ".join(t.split())  # one line, single spaces
         return out
-
-
-CAPTIONERS = {
-    "template": "medrestore.captions.captioners:TemplateCaptioner",
-    "llava": "medrestore.captions.captioners:LlavaCaptioner",
-}
 
 
 def build_captioner(cfg: Mapping[str, Any]) -> Captioner:

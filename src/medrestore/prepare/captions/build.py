@@ -7,7 +7,8 @@ deraining) is captioned once, from the gt of its first sample in set and manifes
 
 Order of work: keys sorted; a sharded build (rank ``r`` of ``W``) takes every W-th key from
 ``r``. Each batch of images is captioned, every caption encoded, and the entries handed to the
-resumable :class:`medrestore.captions.cache.CacheWriter`.
+resumable :class:`medrestore.io.textcache.CacheWriter`. :func:`build_from_config` is the whole
+``medrestore-cache build`` (config, sets, captioner, encoder, ranks).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from medrestore.captions.cache import CacheWriter, Entry, fingerprint_id, rank_path
 from medrestore.errors import ConfigError
+from medrestore.io.textcache import CacheWriter, Entry, fingerprint_id, rank_path
 
 SPLITS = ("train", "val", "test")
 CONFIG_KEYS = {"captioner", "encoder", "batch_size", "flush_every", "splits"}
@@ -67,7 +68,7 @@ class _Reader:
         import h5py
         import numpy as np
 
-        from medrestore.captions.captioners import CaptionInput
+        from medrestore.prepare.captions.captioners import CaptionInput
         from medrestore.io.hdf5 import to_unit
 
         f = self.files.get(ref.shard)
@@ -94,7 +95,7 @@ def build_cache(out: str | os.PathLike, images: Sequence[ImageRef], captioner, e
     (``path, total, computed, count, seconds, fingerprint_id``).
 
     With ``world_size > 1`` this rank's share goes to ``rank_path(out, rank, world_size)``;
-    combine the ranks with :func:`medrestore.captions.cache.merge_files`."""
+    combine the ranks with :func:`medrestore.io.textcache.merge_files`."""
     if not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is not in [0, world size {world_size})")
     path = Path(out) if world_size == 1 else rank_path(out, rank, world_size)
@@ -133,7 +134,7 @@ def build_cache(out: str | os.PathLike, images: Sequence[ImageRef], captioner, e
             reader.close()
             if bar is not None:
                 bar.close()
-    from medrestore.captions.cache import read_header
+    from medrestore.io.textcache import read_header
 
     return {"path": str(path), "total": len(mine), "computed": len(todo),
             "count": read_header(path)["count"], "seconds": time.perf_counter() - t0,
@@ -144,7 +145,7 @@ def _check_space(path: Path, todo: int, total: int, n_perspectives: int, dim: in
     """Refuse up front when the cache cannot fit: the new rows go to part files, then every
     row is copied once more into the merged file (float32 per-perspective and pooled
     embeddings, plus about 256 bytes of caption text per perspective)."""
-    from medrestore.captions.cache import CacheError
+    from medrestore.io.textcache import CacheError
     from medrestore.io.base import ensure_free_space
 
     if todo == 0:
@@ -229,3 +230,59 @@ def data_config_sets(name: str, overrides: Sequence[str] = ()) -> tuple[Any, lis
     HydraConfig.instance().set_config(cfg)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     return data["sets"], data.get("tasks")
+
+
+def resolve_sets(sets: Sequence[str] | None = None, data: str | None = None,
+                 data_override: Sequence[str] = (), tasks: Sequence[str] | None = None
+                 ) -> tuple[Any, list[str] | None]:
+    """``(sets, tasks)`` to caption: shard paths as given, or the sets of a Hydra data config
+    (its tasks unless ``tasks`` is given)."""
+    if sets:
+        return list(sets), None if tasks is None else list(tasks)
+    if not data:
+        raise ConfigError("name the sets: shard paths or a data config")
+    found, cfg_tasks = data_config_sets(data, data_override)
+    return found, list(tasks) if tasks is not None else cfg_tasks
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def build_from_config(cache: str | os.PathLike, *, sets: Sequence[str] | None = None,
+                      data: str | None = None, data_override: Sequence[str] = (),
+                      tasks: Sequence[str] | None = None, splits: Sequence[str] | None = None,
+                      config: str = "demo", overrides: Sequence[str] = (),
+                      batch_size: int | None = None, flush_every: int | None = None,
+                      rank: int | None = None, world_size: int | None = None,
+                      threads: int | None = None, overwrite: bool = False,
+                      quiet: bool = False) -> dict[str, Any]:
+    """Build (or resume) the cache ``cache`` as configured by the cache config ``config``
+    (:func:`load_cache_config` with ``overrides``) over ``sets`` or the data config ``data``.
+    ``rank``/``world_size`` default to ``$RANK``/``$WORLD_SIZE``. Returns
+    :func:`build_cache`'s report plus ``rank``, ``world_size`` and ``threads``."""
+    cfg = load_cache_config(config, overrides)
+    if quiet:  # also silences the weight-loading bars of transformers / the hub
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import torch
+
+    from medrestore.prepare.captions.captioners import build_captioner
+    from medrestore.prepare.captions.encoders import build_encoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    rank = rank if rank is not None else _env_int("RANK", 0)
+    world = world_size if world_size is not None else _env_int("WORLD_SIZE", 1)
+    sets, tasks = resolve_sets(sets, data, data_override, tasks)
+    splits = list(splits or cfg.get("splits") or SPLITS)
+    images = collect_images(sets, splits, tasks)
+    if not images:
+        raise ConfigError(f"no {'/'.join(splits)} images in the sets"
+                          + (f" for tasks {tasks}" if tasks else ""))
+    report = build_cache(cache, images, build_captioner(cfg["captioner"]),
+                         build_encoder(cfg["encoder"]), overwrite=overwrite,
+                         batch_size=batch_size or int(cfg.get("batch_size", 8)),
+                         flush_every=flush_every or int(cfg.get("flush_every", 128)),
+                         progress=not quiet, rank=rank, world_size=world)
+    return {**report, "rank": rank, "world_size": world, "threads": torch.get_num_threads()}

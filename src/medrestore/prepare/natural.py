@@ -7,15 +7,15 @@ bicubic. Splits are by image (DIV2K, Rain100L) or by sequence (GoPro), never by 
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from medrestore.datasets.converters.base import (
+from medrestore.prepare.base import (
     Converter,
     ConvertError,
     Item,
@@ -34,9 +34,8 @@ from medrestore.datasets.converters.base import (
     read_array,
     relpath,
     require_dir,
-    check_window,
-    pick_window,
 )
+from medrestore.prepare.options import SourceOptions, option
 
 
 def read_image_chw(path: Path) -> np.ndarray:
@@ -46,7 +45,7 @@ def read_image_chw(path: Path) -> np.ndarray:
 
 def _pair_meta(task: str, gt: np.ndarray, src: Path, lq_path: Path | None, gt_path: Path,
                **extra: Any) -> dict[str, Any]:
-    from medrestore.sample import make_meta
+    from medrestore.sample import make_meta, pick_window
 
     source = {"gt": relpath(gt_path, src)}
     if lq_path is not None:
@@ -64,6 +63,15 @@ def default_val_count(n_train: int) -> int:
 # DIV2K / DF2K
 
 
+@dataclass(kw_only=True)
+class Div2kOptions(SourceOptions):
+    scale: int = option(4, "SR scale (4)", choices=(2, 3, 4))
+    lr: str = option("auto", "LR source: official _LR_bicubic files when present (auto, "
+                     "default), official only (missing = error), or always MATLAB imresize",
+                     choices=("auto", "official", "imresize"))
+    val_count: int = option(10, "training images held out for validation, chosen by seed (10)")
+
+
 class Div2k(Converter):
     """DIV2K ×4 bicubic super-resolution (natural_sr).
 
@@ -79,49 +87,43 @@ class Div2k(Converter):
     help = "DIV2K HR (+ official LR X4 when present) -> ×4 SR pairs (natural_sr)"
     task = "natural_sr"
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--scale", type=int, choices=(2, 3, 4), default=4, help="SR scale (4)")
-        p.add_argument("--lr", choices=("auto", "official", "imresize"), default="auto",
-                       help="LR source: official _LR_bicubic files when present (auto, default), "
-                            "official only (missing = error), or always MATLAB imresize")
-        p.add_argument("--val-count", type=int, default=10,
-                       help="training images held out for validation, chosen by seed (10)")
+    Options = Div2kOptions
 
     # (dataset prefix, HR folder, LR folder or None, split of origin)
-    def sources(self, args: argparse.Namespace) -> list[tuple[str, Path, Path | None, str]]:
-        root = _div2k_root(Path(args.src))
-        return [_div2k_source(root, "train", args.scale), _div2k_source(root, "valid", args.scale)]
+    def sources(self, opts: Div2kOptions) -> list[tuple[str, Path, Path | None, str]]:
+        root = _div2k_root(Path(opts.src))
+        return [_div2k_source(root, "train", opts.scale), _div2k_source(root, "valid", opts.scale)]
 
-    def discover(self, args: argparse.Namespace) -> list[Item]:
+    def discover(self, opts: Div2kOptions) -> list[Item]:
         self._lr_used = {"official": 0, "imresize": 0, "cropped": 0}
         items: list[Item] = []
-        for prefix, hr_dir, lr_dir, origin in self.sources(args):
+        for prefix, hr_dir, lr_dir, origin in self.sources(opts):
             files = list_files(hr_dir)
             if not files:
                 raise ConvertError(f"{self.name}: no images in {hr_dir}")
             for f in files:
                 lr = None
-                if lr_dir is not None and args.lr != "imresize":
-                    cand = lr_dir / f"{f.stem}x{args.scale}{f.suffix}"
+                if lr_dir is not None and opts.lr != "imresize":
+                    cand = lr_dir / f"{f.stem}x{opts.scale}{f.suffix}"
                     lr = cand if cand.is_file() else None
-                if lr is None and args.lr == "official":
+                if lr is None and opts.lr == "official":
                     where = lr_dir or (hr_dir.parent / hr_dir.name.replace("_HR", "_LR_bicubic")
-                                       / f"X{args.scale}")
+                                       / f"X{opts.scale}")
                     raise ConvertError(f"{self.name}: no official LR image for {f.name} (expected "
-                                       f"{where / f'{f.stem}x{args.scale}{f.suffix}'}); use "
+                                       f"{where / f'{f.stem}x{opts.scale}{f.suffix}'}); use "
                                        "--lr auto to generate it")
                 split = "test" if origin == "valid" else "train"
                 items.append(Item(f"{prefix}/{f.stem}", split, {"hr": f, "lr": lr,
                                                                  "origin": origin}))
         train = [it.unit for it in items if it.split == "train"]
-        val = holdout(train, args.val_count, args.seed, self.name, "--val-count")
+        val = holdout(train, opts.val_count, opts.seed, self.name, "--val-count")
         for it in items:
             if it.unit in val:
                 it.split = "val"
         return items
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
-        src, s = Path(args.src), int(args.scale)
+    def convert(self, item: Item, opts: Div2kOptions) -> Iterable[Record]:
+        src, s = Path(opts.src), int(opts.scale)
         hr_full = read_image_chw(item.data["hr"])
         hr = crop_to_multiple(hr_full, s)
         expect = (hr.shape[1] // s, hr.shape[2] // s)
@@ -152,7 +154,7 @@ class Div2k(Converter):
                                        "MATLAB-compatible imresize"})
         yield Record(self.task, item.unit, hr, lr, meta, relpath(item.data["hr"], src), scale=s)
 
-    def notes(self, args: argparse.Namespace) -> list[str]:
+    def notes(self, opts: Div2kOptions) -> list[str]:
         u = getattr(self, "_lr_used", None)
         if not u:
             return []
@@ -171,8 +173,8 @@ class Df2k(Div2k):
     name = "df2k"
     help = "DIV2K train + Flickr2K HR (+ official LR) -> ×4 SR pairs; DIV2K valid = test"
 
-    def sources(self, args: argparse.Namespace) -> list[tuple[str, Path, Path | None, str]]:
-        src = Path(args.src)
+    def sources(self, opts: Div2kOptions) -> list[tuple[str, Path, Path | None, str]]:
+        src = Path(opts.src)
         root = _div2k_root(src)
         flickr = child(src, ["Flickr2K"]) or src
         hr = child(flickr, ["Flickr2K_HR"])
@@ -180,9 +182,9 @@ class Df2k(Div2k):
             raise ConvertError(f"df2k: folder Flickr2K_HR not found (expected "
                                f"{src}/Flickr2K/Flickr2K_HR/000001.png)")
         lr_root = child(flickr, ["Flickr2K_LR_bicubic"])
-        lr = child(lr_root, [f"X{args.scale}"]) if lr_root is not None else None
-        return [_div2k_source(root, "train", args.scale), ("flickr2k", hr, lr, "train"),
-                _div2k_source(root, "valid", args.scale)]
+        lr = child(lr_root, [f"X{opts.scale}"]) if lr_root is not None else None
+        return [_div2k_source(root, "train", opts.scale), ("flickr2k", hr, lr, "train"),
+                _div2k_source(root, "valid", opts.scale)]
 
 
 def _div2k_root(src: Path) -> Path:
@@ -258,6 +260,14 @@ def rain_pairs(folder: Path, where: str) -> list[tuple[str, Path, Path]]:
     return pair_up(lq, gt, where, "rainy", "clean")
 
 
+@dataclass(kw_only=True)
+class HoldoutOptions(SourceOptions):
+    """Sources with a train/test split of their own: val is held out of train."""
+
+    val_count: int | None = option(None, "training pairs held out for validation (default "
+                                   "10 %%, seeded)")
+
+
 class Rain100L(Converter):
     """Rain100L deraining (derain): 200 training and 100 test rainy/clean pairs.
 
@@ -272,12 +282,10 @@ class Rain100L(Converter):
     help = "Rain100L rainy/clean pairs (train/test, common name variants) (derain)"
     task = "derain"
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--val-count", type=int, default=None,
-                       help="training pairs held out for validation (default 10 %%, seeded)")
+    Options = HoldoutOptions
 
-    def discover(self, args: argparse.Namespace) -> list[Item]:
-        src = Path(args.src)
+    def discover(self, opts: HoldoutOptions) -> list[Item]:
+        src = Path(opts.src)
         root = src if child(src, _RAIN_TRAIN_DIRS) else (child(src, ["Rain100L"]) or src)
         train_dir, test_dir = child(root, _RAIN_TRAIN_DIRS), child(root, _RAIN_TEST_DIRS)
         if train_dir is None or test_dir is None:
@@ -290,18 +298,20 @@ class Rain100L(Converter):
                 key = f"rain100l/{part}/{ident}"
                 items.append(Item(key, part, {"lq": lq, "gt": gt}))
         train = [it.unit for it in items if it.split == "train"]
-        n_val = default_val_count(len(train)) if args.val_count is None else args.val_count
-        val = holdout(train, n_val, args.seed, self.name, "--val-count")
+        n_val = default_val_count(len(train)) if opts.val_count is None else opts.val_count
+        val = holdout(train, n_val, opts.seed, self.name, "--val-count")
         for it in items:
             if it.unit in val:
                 it.split = "val"
         return items
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
-        yield _read_pair_record(self.task, item, Path(args.src), image=item.unit)
+    def convert(self, item: Item, opts: HoldoutOptions) -> Iterable[Record]:
+        yield _read_pair_record(self.task, item, Path(opts.src), image=item.unit)
 
 
 def _read_pair_record(task: str, item: Item, src: Path, **extra: Any) -> Record:
+    from medrestore.sample import check_window
+
     lq = read_image_chw(item.data["lq"])
     gt = read_image_chw(item.data["gt"])
     if lq.shape != gt.shape:
@@ -317,6 +327,14 @@ def _read_pair_record(task: str, item: Item, src: Path, **extra: Any) -> Record:
 # GoPro
 
 
+@dataclass(kw_only=True)
+class GoProOptions(SourceOptions):
+    blur_gamma: bool = option(False, "use blur_gamma/ (gamma-corrected averaging) instead of "
+                              "blur/")
+    val_sequences: int = option(2, "training sequences held out for validation, seeded "
+                                "(default 2)")
+
+
 class GoPro(Converter):
     """GoPro motion deblurring (deblur): blurred / sharp frame pairs per sequence.
 
@@ -330,16 +348,12 @@ class GoPro(Converter):
     unit = "sequence"
     task = "deblur"
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--blur-gamma", action="store_true",
-                       help="use blur_gamma/ (gamma-corrected averaging) instead of blur/")
-        p.add_argument("--val-sequences", type=int, default=2,
-                       help="training sequences held out for validation, seeded (default 2)")
+    Options = GoProOptions
 
-    def discover(self, args: argparse.Namespace) -> list[Item]:
-        src = Path(args.src)
+    def discover(self, opts: GoProOptions) -> list[Item]:
+        src = Path(opts.src)
         root = child(src, ["GOPRO_Large", "GoPro"]) or src
-        blur = "blur_gamma" if args.blur_gamma else "blur"
+        blur = "blur_gamma" if opts.blur_gamma else "blur"
         items = []
         for part in ("train", "test"):
             folder = require_dir(child(root, [part]) or root / part, "gopro")
@@ -355,16 +369,16 @@ class GoPro(Converter):
                                 index_files(list_files(s), file_stem, where), where, blur, "sharp")
                 items.append(Item(seq.name, part, {"pairs": pairs, "blur": blur}))
         train = [it.unit for it in items if it.split == "train"]
-        val = holdout(train, args.val_sequences, args.seed, self.name, "--val-sequences")
+        val = holdout(train, opts.val_sequences, opts.seed, self.name, "--val-sequences")
         for it in items:
             if it.unit in val:
                 it.split = "val"
         return items
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
-        src = Path(args.src)
+    def convert(self, item: Item, opts: GoProOptions) -> Iterable[Record]:
+        src = Path(opts.src)
         pairs = item.data["pairs"]
-        for frame, b, s in iter_progress(pairs, len(pairs), item.unit, args.quiet, "frame"):
+        for frame, b, s in iter_progress(pairs, len(pairs), item.unit, opts.quiet, "frame"):
             sub = Item(f"gopro/{item.unit}/{frame}", item.split, {"lq": b, "gt": s})
             yield _read_pair_record(self.task, sub, src, sequence=item.unit, frame=frame,
                                     blur=item.data["blur"])

@@ -9,11 +9,13 @@ A converter works in two phases:
    one image pair, …) as :class:`Record` objects. A record never chooses its split: it inherits
    its unit's, so slices or crops of one patient can never land in two splits.
 
-:func:`run_converter` drives both: it refuses an existing ``--out`` first, applies ``--limit``
-(the first N units of each split), writes every record with
-:class:`~medrestore.io.hdf5.PairWriter` in **physical** storage (the source's own units and
-dtype; normalised at read time with ``meta["normalisation"]``), shows a tqdm bar on stderr and
-returns the counts per task and split.
+:func:`run_converter` drives both: it refuses an existing ``--out`` first, checks the options
+(a dataclass of :mod:`medrestore.prepare.options`, the same whether they come from the command
+line or from :func:`medrestore.prepare.run`), applies ``--limit`` (the first N units of each
+split), writes every record with :class:`~medrestore.io.hdf5.PairWriter` in **physical**
+storage (the source's own units and dtype; normalised at read time with
+``meta["normalisation"]``; the demo's samples are stored normalised), shows a tqdm bar on
+stderr and returns the counts per task and split.
 
 Conventions used by all converters:
 
@@ -27,7 +29,6 @@ Conventions used by all converters:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -41,15 +42,12 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequenc
 import numpy as np
 
 from medrestore.errors import MedrestoreError
+from medrestore.io.base import format_for_suffix
+from medrestore.prepare.options import ConvertError, Options, SourceOptions, build_options, option
 
 SPLITS = ("train", "val", "test")
-IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".jp2", ".j2k", ".webp")
-NIFTI_EXTS = (".nii", ".nii.gz")
-DICOM_EXTS = (".dcm", ".ima", ".dicom")
-
-
-class ConvertError(MedrestoreError, ValueError):
-    """A source tree that does not have the expected layout, or a bad converter option."""
+#: io formats of single 2-D images (suffixes come from the io format registry)
+IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff", "jpeg2000")
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,7 +65,9 @@ class Item:
 
 @dataclass
 class Record:
-    """One sample to write. ``lq`` is ``None`` only for clean-only (simulate-on-load) samples."""
+    """One sample to write. ``lq`` is ``None`` only for clean-only (simulate-on-load) samples.
+    ``storage`` is ``"physical"`` (the source's units, normalised at read time) except for
+    samples already normalised to [0, 1] (the demo)."""
 
     task: str
     key: str
@@ -76,49 +76,54 @@ class Record:
     meta: dict[str, Any]
     source: str = ""
     scale: int = 1
+    storage: str = "physical"
 
 
 class Converter:
     """Base class: a sub-command ``medrestore-prepare <name>``.
 
-    Subclasses set ``name``/``help``/``unit``, add their options in :meth:`add_arguments` and
-    implement :meth:`discover` and :meth:`convert` (see the module docstring)."""
+    Subclasses set ``name``/``help``/``unit`` and ``Options`` (a dataclass of
+    :mod:`medrestore.prepare.options`, from which the CLI is generated) and implement
+    :meth:`discover` and :meth:`convert` (see the module docstring)."""
 
     name: ClassVar[str] = ""
     help: ClassVar[str] = ""
     unit: ClassVar[str] = "image"          # what one progress-bar step is
+    Options: ClassVar[type[Options]] = SourceOptions
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        """Dataset-specific options (the common ones are added by :func:`add_common_arguments`)."""
+    def options(self, **values: Any) -> Options:
+        """This converter's options from keyword values (unknown names are one error line)."""
+        return build_options(self.Options, self.name, values)
 
-    def discover(self, args: argparse.Namespace) -> list[Item]:
+    def check(self, opts: Options) -> None:
+        """Converter-specific checks that need no discovery, run before any slow work."""
+
+    def discover(self, opts: Options) -> list[Item]:
         raise NotImplementedError
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
+    def convert(self, item: Item, opts: Options) -> Iterable[Record]:
         raise NotImplementedError
 
-    def notes(self, args: argparse.Namespace) -> list[str]:
+    def sample_meta(self, rec: Record, item: Item) -> dict[str, Any]:
+        """The meta written for ``rec``: the record's own, plus the dataset and split."""
+        return {**rec.meta, "dataset": self.name, "split": item.split}
+
+    def space_needed(self, opts: Options, items: Sequence[Item] | None
+                     ) -> tuple[int, str] | None:
+        """Bytes the shard will need and what the estimate is based on (for the message).
+        Called with ``items=None`` before discovery (a converter that knows its size then
+        fails fast) and, when that gave ``None``, with the discovered items."""
+        if items is None:
+            return None
+        return _source_bytes(items), f"estimated from the {len(items)} source unit(s)"
+
+    def notes(self, opts: Options) -> list[str]:
         """Lines printed after the summary (e.g. which LR source was used)."""
         return []
 
-
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--src", type=Path, required=True, metavar="DIR",
-                   help="root folder of the dataset as downloaded (see docs/datasets.md)")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE.h5", help="output shard")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of split permutations and simulated degradations (default 0)")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="keep only the first N units (patients/subjects/sequences/images) of "
-                        "each split: a quick dry run")
-    p.add_argument("--nonfinite", choices=("error", "fill"), default="error",
-                   help="source pixels that are NaN or inf: an error (default) or filled with "
-                        "the median of the finite pixels (read_image's nonfinite option)")
-    p.add_argument("--bad-spacing", choices=("error", "unknown"), default="error",
-                   help="a source spacing that is not > 0 (e.g. NIfTI pixdim 0): an error "
-                        "(default) or read as unknown (read_image's bad_spacing option)")
+    def report(self, opts: Options) -> dict[str, Any]:
+        """Extra entries of the summary :func:`run_converter` returns."""
+        return {}
 
 
 #: read_image options of the converter being run (set by run_converter, used by read_array)
@@ -137,55 +142,58 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
         raise ShardError(f"{out}: already exists; pass --overwrite to replace it")
 
 
-def run_converter(conv: Converter, args: argparse.Namespace) -> dict[str, Any]:
-    """Discover, split, convert and write; returns ``{path, counts, units, samples, seconds}``."""
-    out = Path(args.out)
-    refuse_existing(out, bool(args.overwrite))
-    src = Path(args.src)
-    if not src.is_dir():
-        raise ConvertError(f"--src {src}: no such folder")
-    if args.seed < 0:
-        raise ConvertError(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.limit is not None and args.limit < 1:
-        raise ConvertError(f"--limit must be >= 1, got {args.limit}")
-    t0 = time.perf_counter()
-    items = conv.discover(args)
-    check_units(items, conv.name)
-    items = limit_items(items, args.limit)
-    if not items:
-        raise ConvertError(f"{conv.name}: nothing to convert under {src}")
-
+def run_converter(conv: Converter, opts: Options) -> dict[str, Any]:
+    """Discover, split, convert and write; returns ``{path, counts, units, samples, seconds,
+    notes}`` plus the converter's :meth:`~Converter.report`."""
     from medrestore.io.base import ensure_free_space
     from medrestore.io.hdf5 import PairWriter, ShardError
 
-    ensure_free_space(out, _source_bytes(items), ShardError,
-                      f"estimated from the {len(items)} source unit(s)")
-    attrs = {"dataset": conv.name, "source_root": str(src.resolve()), "seed": int(args.seed),
-             "args": _args_dict(args)}
+    out = Path(opts.out)
+    refuse_existing(out, bool(opts.overwrite))
+    opts.validate()
+    t0 = time.perf_counter()
+    space = conv.space_needed(opts, None)
+    if space is not None:
+        ensure_free_space(out, space[0], ShardError, space[1])
+    conv.check(opts)
+    src = opts.src if isinstance(opts, SourceOptions) else None
+    items = conv.discover(opts)
+    check_units(items, conv.name)
+    items = limit_items(items, opts.limit if isinstance(opts, SourceOptions) else None)
+    if not items:
+        raise ConvertError(f"{conv.name}: nothing to convert under {src}")
+    if space is None:
+        needed, basis = conv.space_needed(opts, items)
+        ensure_free_space(out, needed, ShardError, basis)
+    attrs: dict[str, Any] = {"dataset": conv.name}
+    if src is not None:
+        attrs["source_root"] = str(src.resolve())
+    attrs.update(seed=int(opts.seed), args={"dataset": conv.name, **opts.as_dict()})
     counts: dict[str, dict[str, int]] = {}
     units: dict[str, int] = {s: 0 for s in SPLITS}
     key_unit: dict[str, str] = {}
     from tqdm import tqdm
 
-    bar = tqdm(items, desc=conv.name, unit=conv.unit, disable=bool(args.quiet), file=sys.stderr,
+    bar = tqdm(items, desc=conv.name, unit=conv.unit, disable=bool(opts.quiet), file=sys.stderr,
                dynamic_ncols=True)
     n = 0
-    _READ_OPTIONS.update(nonfinite=getattr(args, "nonfinite", "error"),
-                         bad_spacing=getattr(args, "bad_spacing", "error"))
+    _READ_OPTIONS.update(opts.read_options())
     try:
-        with PairWriter(out, overwrite=bool(args.overwrite), attrs=attrs) as w:
+        with PairWriter(out, overwrite=bool(opts.overwrite), attrs=attrs) as w:
             for item in bar:
                 units[item.split] += 1
                 rec = None                 # the record being written, when an error comes
                 try:
-                    for rec in conv.convert(item, args):
-                        owner = key_unit.setdefault(rec.key, item.unit)
-                        if owner != item.unit:   # a key names one clean image of one unit
+                    for rec in conv.convert(item, opts):
+                        # a sample comes from one unit (one clean key may serve several
+                        # tasks, as in the demo, but not two units of one task)
+                        owner = key_unit.setdefault(f"{rec.task}:{rec.key}", item.unit)
+                        if owner != item.unit:
                             raise ConvertError(f"{conv.name}: key {rec.key!r} produced by units "
                                                f"{owner!r} and {item.unit!r}")
-                        meta = jsonable({**rec.meta, "dataset": conv.name, "split": item.split})
                         w.add(rec.lq, rec.gt, task=rec.task, key=rec.key, split=item.split,
-                              meta=meta, source=rec.source, scale=rec.scale, storage="physical")
+                              meta=conv.sample_meta(rec, item), source=rec.source, scale=rec.scale,
+                              storage=rec.storage)
                         counts.setdefault(rec.task, {s: 0 for s in SPLITS})[item.split] += 1
                         rec = None
                         n += 1
@@ -199,7 +207,8 @@ def run_converter(conv: Converter, args: argparse.Namespace) -> dict[str, Any]:
         bar.close()
         _READ_OPTIONS.clear()
     return {"path": str(out), "counts": counts, "units": units, "samples": n,
-            "seconds": round(time.perf_counter() - t0, 2), "notes": conv.notes(args)}
+            "seconds": round(time.perf_counter() - t0, 2), "notes": conv.notes(opts),
+            **conv.report(opts)}
 
 
 def _paths_in(value: Any) -> Iterator[Path]:
@@ -227,11 +236,13 @@ def _source_bytes(items: Sequence[Item]) -> int:
     return total
 
 
-def _naming_source(exc: MedrestoreError, item: Item, rec: Record | None, src: Path,
+def _naming_source(exc: MedrestoreError, item: Item, rec: Record | None, src: Path | None,
                    out: Path) -> MedrestoreError:
     """``exc`` (same class) with the source file(s) of the failing sample or unit in front,
     unless its message already names one of them or is about the output file."""
     msg = str(exc)
+    if src is None:                                    # no source tree (the demo)
+        return exc
     if rec is not None and isinstance(rec.meta.get("source"), Mapping):
         files = [src / str(v) for v in rec.meta["source"].values() if v]
     else:
@@ -292,28 +303,6 @@ def limit_items(items: Sequence[Item], limit: int | None) -> list[Item]:
     return out
 
 
-def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            if k not in ("func",) and not callable(v)}
-
-
-def jsonable(x: Any) -> Any:
-    """Meta values as plain JSON types (numpy scalars/arrays, paths, tuples)."""
-    if isinstance(x, Mapping):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, Path):
-        return x.as_posix()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 # --------------------------------------------------------------------------------------------
 # files
 
@@ -322,12 +311,6 @@ def natural_key(s: str) -> tuple:
     """Sort key where digit runs compare as numbers (``rain-2`` before ``rain-10``)."""
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t.lower())
                  for t in re.split(r"(\d+)", s) if t)
-
-
-def suffix_of(p: Path | str) -> str:
-    """Lower-case extension, ``.nii.gz`` counted as one."""
-    name = Path(p).name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 def file_stem(p: Path | str) -> str:
@@ -359,12 +342,13 @@ def child(base: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
-def list_files(folder: Path, exts: Sequence[str] = IMAGE_EXTS, *, recursive: bool = False
-               ) -> list[Path]:
-    """Files of ``folder`` with one of ``exts`` (hidden files skipped), in natural order."""
+def list_files(folder: Path, formats: Sequence[str] = IMAGE_FORMATS, *,
+               recursive: bool = False) -> list[Path]:
+    """Files of ``folder`` whose suffix belongs to one of the io ``formats`` (hidden files
+    skipped), in natural order."""
     it = folder.rglob("*") if recursive else folder.iterdir()
     files = [p for p in it if p.is_file() and not p.name.startswith(".")
-             and suffix_of(p) in exts]
+             and format_for_suffix(p) in formats]
     return sorted(files, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
 
 
@@ -490,91 +474,24 @@ def split_explicit(units: Sequence[str], val: Sequence[str], test: Sequence[str]
     return out
 
 
-def add_split_arguments(p: argparse.ArgumentParser, unit: str, default_fractions: Sequence[float],
-                        fractions_help: str) -> None:
-    """``--split-fractions`` plus ``--val-<unit>s`` / ``--test-<unit>s`` explicit id lists."""
-    p.add_argument("--split-fractions", type=float, nargs=3, default=list(default_fractions),
-                   metavar=("TRAIN", "VAL", "TEST"), help=fractions_help)
-    p.add_argument(f"--val-{unit}s", nargs="+", default=None, metavar="ID",
-                   help=f"explicit validation {unit}s (then --split-fractions is ignored)")
-    p.add_argument(f"--test-{unit}s", nargs="+", default=None, metavar="ID",
-                   help=f"explicit test {unit}s (then --split-fractions is ignored)")
+def explicit_ids(unit: str, split: str, default: tuple[str, ...] | None = None) -> Any:
+    """The ``--val-<unit>s`` / ``--test-<unit>s`` field: explicit ids of one split."""
+    return option(default, f"explicit {'validation' if split == 'val' else split} {unit}s "
+                  "(then --split-fractions is ignored)", metavar="ID")
 
 
-def split_units(units: Sequence[str], args: argparse.Namespace, unit: str, salt: str
-                ) -> dict[str, str]:
-    """Apply :func:`add_split_arguments` options: explicit ids if given, else fractions."""
-    val = parse_ids(getattr(args, f"val_{unit}s"))
-    test = parse_ids(getattr(args, f"test_{unit}s"))
+def split_units(units: Sequence[str], opts: Options, unit: str, salt: str) -> dict[str, str]:
+    """Apply the :func:`explicit_ids` options (``val_<unit>s`` / ``test_<unit>s``) if given,
+    else ``split_fractions``."""
+    val = parse_ids(getattr(opts, f"val_{unit}s"))
+    test = parse_ids(getattr(opts, f"test_{unit}s"))
     if val or test:
         return split_explicit(units, val, test, f"--val-{unit}s", f"--test-{unit}s")
-    return split_by_fractions(units, args.split_fractions, args.seed, salt)
+    return split_by_fractions(units, getattr(opts, "split_fractions"), opts.seed, salt)
 
 
 # --------------------------------------------------------------------------------------------
 # pixels
-
-
-def window_for(dtype: np.dtype, task: str, window: Sequence[float] | None = None,
-               unit: str | None = None) -> dict[str, Any]:
-    """The normalisation of a sample, as a dict.
-
-    An explicit ``window`` (and ``unit``) wins; otherwise 8-bit data get [0, 255] "8-bit" (the
-    full range of the type: photos and 8-bit products of any task), everything else the task's
-    registry window (HU, MR a.u., SUV, DN)."""
-    from medrestore.sample import Normalisation
-
-    if window is not None:
-        lo, hi = (float(v) for v in window)
-        if not hi > lo:
-            raise ConvertError(f"--window needs LOW < HIGH, got {lo} {hi}")
-        default_unit = Normalisation.for_task(task).unit
-        return Normalisation(lo, hi, unit=unit if unit is not None else default_unit).to_dict()
-    if np.dtype(dtype) == np.uint8:
-        return Normalisation(0.0, 255.0, unit=unit or "8-bit").to_dict()
-    n = Normalisation.for_task(task)
-    return Normalisation(n.low, n.high, unit=unit or n.unit).to_dict()
-
-
-_DEPTH_UNIT = re.compile(r"\d+-bit")
-
-
-def check_window(image: np.ndarray, norm: Mapping[str, Any] | Any, source: Any,
-                 hint: str | None = None) -> None:
-    """Refuse integer data deeper than a bit-depth window (``unit`` like ``"8-bit"``).
-
-    The natural tasks' default window is the 8-bit [0, 255]: a 16-bit photo (values up to
-    65,535) would be clipped to 255 and scored there without a word. Physical windows (HU,
-    a.u., SUV, DN) clip out-of-window values by design and are not checked; neither is a window
-    the user chose. ``norm`` is a normalisation dict (or object with ``low``/``high``/``unit``);
-    ``source`` names the file; ``hint`` says how to choose another window (default: the
-    converters' ``--window``)."""
-    get = norm.get if isinstance(norm, Mapping) else (lambda k: getattr(norm, k, None))
-    image = np.asarray(image)
-    if image.dtype.kind not in "iu" or image.size == 0 \
-            or not _DEPTH_UNIT.fullmatch(str(get("unit") or "")):
-        return
-    low, high = float(get("low")), float(get("high"))
-    lo, hi = image.min(), image.max()
-    if lo >= low and hi <= high:
-        return
-    info = np.iinfo(image.dtype)
-    if hint is None:
-        hint = (f"pass --window LOW HIGH for the data's range (e.g. --window {info.min} "
-                f"{info.max} for the full {image.dtype} range)")
-    raise ConvertError(f"{source}: {image.dtype} data with max {int(hi)} (min {int(lo)}) do not "
-                       f"fit the {get('unit')} window [{low:g}, {high:g}] and would be clipped; "
-                       f"{hint}")
-
-
-def pick_window(image: np.ndarray, task: str, source: Any,
-                window: Sequence[float] | None = None, unit: str | None = None) -> dict[str, Any]:
-    """:func:`window_for` the image's dtype, then :func:`check_window` unless ``window`` was
-    given explicitly."""
-    norm = window_for(np.asarray(image).dtype, task, window, unit)
-    if window is None:
-        check_window(image, norm, source)
-    return norm
 
 
 def as_chw(x: np.ndarray, what: str) -> np.ndarray:

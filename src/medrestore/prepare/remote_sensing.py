@@ -7,13 +7,13 @@ window [0, 10000] DN unless ``--window LOW HIGH`` says otherwise. Splits are by 
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from medrestore.datasets.converters.base import (
+from medrestore.prepare.base import (
     Converter,
     ConvertError,
     Item,
@@ -31,10 +31,9 @@ from medrestore.datasets.converters.base import (
     relpath,
     require_dir,
     split_by_fractions,
-    check_window,
-    pick_window,
 )
-from medrestore.datasets.converters.natural import default_val_count, read_image_chw
+from medrestore.prepare.natural import default_val_count, read_image_chw
+from medrestore.prepare.options import WindowOptions, option, split_fractions
 
 UCMERCED_CLASSES = 21
 
@@ -47,15 +46,20 @@ def _bands(c: int, nir: bool = False) -> list[str] | None:
     return None
 
 
-def _add_window_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="normalisation window in the data's units (default: [0, 255] for "
-                        "uint8, the task's [0, 10000] DN otherwise)")
-    p.add_argument("--unit", default=None, help="unit name of --window (default 8-bit / DN)")
+def _val_count(help: str = "training pairs held out for validation (default 10 %%, seeded)"
+               ) -> Any:
+    return option(None, help)
 
 
 # --------------------------------------------------------------------------------------------
 # UCMerced
+
+
+@dataclass(kw_only=True)
+class UcMercedOptions(WindowOptions):
+    scale: int = option(4, "SR scale (4)")
+    split_fractions: tuple[float, float, float] = split_fractions(
+        (0.8, 0.1, 0.1), "per-class image split fractions (default 0.8 0.1 0.1)")
 
 
 class UcMerced(Converter):
@@ -72,18 +76,13 @@ class UcMerced(Converter):
     help = "UCMerced Land Use tiles -> ×4 bicubic SR pairs, per-class seeded split (rs_sr)"
     task = "rs_sr"
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--scale", type=int, default=4, help="SR scale (4)")
-        p.add_argument("--split-fractions", type=float, nargs=3, default=[0.8, 0.1, 0.1],
-                       metavar=("TRAIN", "VAL", "TEST"),
-                       help="per-class image split fractions (default 0.8 0.1 0.1)")
-        _add_window_arguments(p)
+    Options = UcMercedOptions
 
-    def discover(self, args: argparse.Namespace) -> list[Item]:
-        src = Path(args.src)
-        parse_fractions(args.split_fractions)
-        if args.scale < 2:
-            raise ConvertError(f"--scale must be >= 2, got {args.scale}")
+    def discover(self, opts: UcMercedOptions) -> list[Item]:
+        src = Path(opts.src)
+        parse_fractions(opts.split_fractions)
+        if opts.scale < 2:
+            raise ConvertError(f"--scale must be >= 2, got {opts.scale}")
         root = src
         for names in (["UCMerced_LandUse"], ["Images"]):
             root = child(root, names) or root
@@ -95,21 +94,21 @@ class UcMerced(Converter):
         items: list[Item] = []
         for d in classes:
             files = index_files(list_files(d), file_stem, f"ucmerced class {d.name}")
-            split = split_by_fractions(list(files), args.split_fractions, args.seed,
+            split = split_by_fractions(list(files), opts.split_fractions, opts.seed,
                                        f"ucmerced/{d.name}")
             items += [Item(f"ucmerced/{stem}", split[stem], {"path": f, "class": d.name})
                       for stem, f in files.items()]
         return items
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
-        from medrestore.sample import make_meta
+    def convert(self, item: Item, opts: UcMercedOptions) -> Iterable[Record]:
+        from medrestore.sample import make_meta, pick_window
 
-        src, s = Path(args.src), int(args.scale)
+        src, s = Path(opts.src), int(opts.scale)
         full = read_image_chw(item.data["path"])
         hr = np.ascontiguousarray(crop_to_multiple(full, s))
         lr = bicubic_downscale(hr, s)
         meta = make_meta(self.task, normalisation=pick_window(hr, self.task, item.data["path"],
-                                                              args.window, args.unit),
+                                                              opts.window, opts.unit),
                          spacing=None, channels=int(hr.shape[0]),
                          source={"gt": relpath(item.data["path"], src)}, image=item.unit,
                          land_use_class=item.data["class"], bands=_bands(hr.shape[0]),
@@ -132,10 +131,10 @@ def cloud_label_pairs(folder: Path, where: str) -> list[tuple[str, Path, Path]]:
                    where, "cloud", "label")
 
 
-def _cloud_record(task: str, item: Item, args: argparse.Namespace, **extra: Any) -> Record:
-    from medrestore.sample import make_meta
+def _cloud_record(task: str, item: Item, opts: WindowOptions, **extra: Any) -> Record:
+    from medrestore.sample import check_window, make_meta, pick_window
 
-    src = Path(args.src)
+    src = Path(opts.src)
     lq = read_image_chw(item.data["lq"])
     gt = read_image_chw(item.data["gt"])
     source = {"lq": relpath(item.data["lq"], src), "gt": relpath(item.data["gt"], src)}
@@ -147,14 +146,22 @@ def _cloud_record(task: str, item: Item, args: argparse.Namespace, **extra: Any)
     if lq.shape != gt.shape or lq.dtype != gt.dtype:
         raise ConvertError(f"{item.data['lq']} ({lq.shape} {lq.dtype}) and {item.data['gt']} "
                            f"({gt.shape} {gt.dtype}) differ")
-    norm = pick_window(gt, task, item.data["gt"], args.window, args.unit)
-    if args.window is None:
+    norm = pick_window(gt, task, item.data["gt"], opts.window, opts.unit)
+    if opts.window is None:
         check_window(lq, norm, item.data["lq"])
     meta = make_meta(task, normalisation=norm,
                      spacing=None, channels=int(gt.shape[0]), source=source, image=item.unit,
                      bands=_bands(gt.shape[0], nir is not None),
                      degradation="real cloudy / clear acquisition pair", **extra)
     return Record(task, item.unit, gt, lq, meta, source["gt"])
+
+
+@dataclass(kw_only=True)
+class CuhkCr1Options(WindowOptions):
+    val_count: int | None = _val_count()
+    nir: bool = option(False, "append the NIR band (4 bands)")
+    nir_dir: Path | None = option(None, "NIR root with {train,test}/{cloud,label} (default "
+                                  "<split>/nir)", metavar="DIR")
 
 
 class CuhkCr1(Converter):
@@ -170,23 +177,17 @@ class CuhkCr1(Converter):
     help = "CUHK-CR1 thin-cloud pairs (train/test cloud/label folders, optional NIR) (cloud_removal)"
     task = "cloud_removal"
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--val-count", type=int, default=None,
-                       help="training pairs held out for validation (default 10 %%, seeded)")
-        p.add_argument("--nir", action="store_true", help="append the NIR band (4 bands)")
-        p.add_argument("--nir-dir", type=Path, default=None, metavar="DIR",
-                       help="NIR root with {train,test}/{cloud,label} (default <split>/nir)")
-        _add_window_arguments(p)
+    Options = CuhkCr1Options
 
-    def discover(self, args: argparse.Namespace) -> list[Item]:
-        src = Path(args.src)
+    def discover(self, opts: CuhkCr1Options) -> list[Item]:
+        src = Path(opts.src)
         root = child(src, ["CUHK-CR1"]) or src
         items = []
         for part in ("train", "test"):
             folder = require_dir(child(root, [part]) or root / part, "cuhk_cr1")
             nir_root = None
-            if args.nir or args.nir_dir is not None:
-                nir_root = (args.nir_dir / part) if args.nir_dir is not None else folder / "nir"
+            if opts.nir or opts.nir_dir is not None:
+                nir_root = (opts.nir_dir / part) if opts.nir_dir is not None else folder / "nir"
                 require_dir(nir_root, "cuhk_cr1 --nir")
             for stem, lq, gt in cloud_label_pairs(folder, f"cuhk_cr1 {part}"):
                 data: dict[str, Any] = {"lq": lq, "gt": gt}
@@ -194,11 +195,11 @@ class CuhkCr1(Converter):
                     data["nir"] = {r: _same_name(nir_root / d, stem, "cuhk_cr1 --nir")
                                    for r, d in (("lq", "cloud"), ("gt", "label"))}
                 items.append(Item(f"cuhk_cr1/{part}/{stem}", part, data))
-        _hold_out_val(items, args, self.name)
+        _hold_out_val(items, opts, self.name)
         return items
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
-        yield _cloud_record(self.task, item, args)
+    def convert(self, item: Item, opts: CuhkCr1Options) -> Iterable[Record]:
+        yield _cloud_record(self.task, item, opts)
 
 
 def _same_name(folder: Path, stem: str, where: str) -> Path:
@@ -209,13 +210,23 @@ def _same_name(folder: Path, stem: str, where: str) -> Path:
     return hits[0]
 
 
-def _hold_out_val(items: list[Item], args: argparse.Namespace, salt: str) -> None:
+def _hold_out_val(items: list[Item], opts: CuhkCr1Options | Rice1Options, salt: str) -> None:
     train = [it.unit for it in items if it.split == "train"]
-    n_val = default_val_count(len(train)) if args.val_count is None else args.val_count
-    val = holdout(train, n_val, args.seed, salt, "--val-count")
+    n_val = default_val_count(len(train)) if opts.val_count is None else opts.val_count
+    val = holdout(train, n_val, opts.seed, salt, "--val-count")
     for it in items:
         if it.unit in val:
             it.split = "val"
+
+
+@dataclass(kw_only=True)
+class Rice1Options(WindowOptions):
+    task: str = option("cloud_removal", "task to file the pairs under (default cloud_removal)",
+                       choices=("cloud_removal", "dehaze"))
+    split_fractions: tuple[float, float, float] = split_fractions(
+        (0.7, 0.1, 0.2), "image split fractions (default 0.7 0.1 0.2)")
+    val_count: int | None = _val_count("with train/ + test/ folders: training pairs held out "
+                                       "for validation (default 10 %%, seeded)")
 
 
 class Rice1(Converter):
@@ -231,33 +242,24 @@ class Rice1(Converter):
     help = "RICE1 cloud/label pairs, seeded split by image (cloud_removal or dehaze)"
     task = "cloud_removal"
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--task", choices=("cloud_removal", "dehaze"), default="cloud_removal",
-                       help="task to file the pairs under (default cloud_removal)")
-        p.add_argument("--split-fractions", type=float, nargs=3, default=[0.7, 0.1, 0.2],
-                       metavar=("TRAIN", "VAL", "TEST"),
-                       help="image split fractions (default 0.7 0.1 0.2)")
-        p.add_argument("--val-count", type=int, default=None,
-                       help="with train/ + test/ folders: training pairs held out for "
-                            "validation (default 10 %%, seeded)")
-        _add_window_arguments(p)
+    Options = Rice1Options
 
-    def discover(self, args: argparse.Namespace) -> list[Item]:
-        src = Path(args.src)
+    def discover(self, opts: Rice1Options) -> list[Item]:
+        src = Path(opts.src)
         root = child(src, ["RICE1"]) or src
         train, test = child(root, ["train"]), child(root, ["test"])
         if train is not None and test is not None:
             items = [Item(f"rice1/{part}/{stem}", part, {"lq": lq, "gt": gt})
                      for part, folder in (("train", train), ("test", test))
                      for stem, lq, gt in cloud_label_pairs(folder, f"rice1 {part}")]
-            _hold_out_val(items, args, self.name)
+            _hold_out_val(items, opts, self.name)
             return items
         if child(root, ["cloud"]) is None:
             raise ConvertError(f"rice1: folder cloud/ not found in {root} (expected "
                                f"{root}/cloud/0.png and {root}/label/0.png)")
         pairs = cloud_label_pairs(root, "rice1")
-        split = split_by_fractions([p[0] for p in pairs], args.split_fractions, args.seed, "rice1")
+        split = split_by_fractions([p[0] for p in pairs], opts.split_fractions, opts.seed, "rice1")
         return [Item(f"rice1/{stem}", split[stem], {"lq": lq, "gt": gt}) for stem, lq, gt in pairs]
 
-    def convert(self, item: Item, args: argparse.Namespace) -> Iterable[Record]:
-        yield _cloud_record(args.task, item, args)
+    def convert(self, item: Item, opts: Rice1Options) -> Iterable[Record]:
+        yield _cloud_record(opts.task, item, opts)
