@@ -9,7 +9,6 @@ output that existed before untouched and no new output behind.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import struct
 import subprocess
@@ -23,16 +22,8 @@ import pytest
 import torch
 
 import fake_trees as ft
-from conftest import compose, tiny_overrides, write_toy_shard
+from conftest import RunsCode, compose, tiny_overrides, write_toy_shard
 from medrestore.errors import MedrestoreError
-
-
-class _RunsCode:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 # ------------------------------------------------------------------------------- corpus
@@ -54,8 +45,8 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     good = torch.load(d / "good.ckpt", weights_only=True)
 
     c["marker"] = d / "code_ran"
-    torch.save(dict(good, loops={"x": _RunsCode(c["marker"])}), d / "evil.ckpt")
-    torch.save({"params": {"x": _RunsCode(c["marker"])}}, d / "evil.pth")
+    torch.save(dict(good, loops={"x": RunsCode(c["marker"])}), d / "evil.ckpt")
+    torch.save({"params": {"x": RunsCode(c["marker"])}}, d / "evil.pth")
     torch.save(dict(good, medrestore_module="os:system"), d / "foreign_module.ckpt")
     raw = (d / "good.ckpt").read_bytes()
     (d / "truncated.ckpt").write_bytes(raw[: len(raw) // 3])

@@ -3,7 +3,6 @@ the same weights (net and EMA, max |Δw| = 0) as the run that was never interrup
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import warnings

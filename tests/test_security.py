@@ -3,7 +3,6 @@ before anything in them is executed or imported, with one line naming the file."
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,20 +11,10 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import REPO, compose, tiny_overrides
+from conftest import RunsCode, REPO, compose, tiny_overrides
 from medrestore.errors import ConfigError, MedrestoreError
 
 TINY = {"name": "restormer_tiny", "dim": 8}
-
-
-class _RunsCode:
-    """Unpickling this calls ``os.system`` (what a malicious checkpoint does)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +34,10 @@ def _variants(good: Path, d: Path, marker: Path) -> dict[str, Path]:
     weights, and weights-only-safe checkpoints that name code to import or call."""
     ckpt = torch.load(good, weights_only=True)
     out = {}
-    evil = dict(ckpt, callbacks={"x": _RunsCode(marker)})
+    evil = dict(ckpt, callbacks={"x": RunsCode(marker)})
     torch.save(evil, d / "pickle.ckpt")
     out["pickle.ckpt"] = d / "pickle.ckpt"
-    torch.save({"params": {"w": torch.zeros(1)}, "x": _RunsCode(marker)}, d / "pickle.pth")
+    torch.save({"params": {"w": torch.zeros(1)}, "x": RunsCode(marker)}, d / "pickle.pth")
     out["pickle.pth"] = d / "pickle.pth"
     torch.save(dict(ckpt, medrestore_module="os:system"), d / "module.ckpt")
     out["module.ckpt"] = d / "module.ckpt"
@@ -64,7 +53,7 @@ def _variants(good: Path, d: Path, marker: Path) -> dict[str, Path]:
 def test_pickle_really_runs_code_without_weights_only(tmp_path):
     # the fixture is dangerous for real: proves the tests below would notice execution
     marker = tmp_path / "ran"
-    torch.save({"x": _RunsCode(marker)}, tmp_path / "f.ckpt")
+    torch.save({"x": RunsCode(marker)}, tmp_path / "f.ckpt")
     torch.load(tmp_path / "f.ckpt", weights_only=False)
     assert marker.exists()
 
