@@ -293,3 +293,23 @@ def adapt_channels(x: torch.Tensor, model_channels: int) -> torch.Tensor:
         return x.expand(-1, model_channels, -1, -1)
     raise SampleError(f"batch has {c}-channel samples but the model takes {model_channels} "
                       f"channel(s); set model.net.in_channels={c} (and out_channels) for this data")
+
+
+def normalisation_by_task(rows: Any) -> dict[str, dict[str, Any]]:
+    """``{task: {low, high, unit, kind}}`` from shard manifest rows: the row's own window, or
+    the task's registry window for rows stored without one. The first window seen for a task
+    is kept (shards of one task share it)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows or ():
+        task = str(row.get("task", ""))
+        if not task or task in out:
+            continue
+        norm = row.get("normalisation")
+        try:
+            n = Normalisation.from_dict(norm) if norm else Normalisation.for_task(task)
+        except Exception:  # noqa: BLE001 - a task unknown to the registry: no window to record
+            continue
+        d = n.to_dict()
+        out[task] = {"low": float(d["low"]), "high": float(d["high"]),
+                     "unit": str(d.get("unit", "")), "kind": str(d.get("kind", "minmax"))}
+    return out

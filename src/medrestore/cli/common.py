@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from medrestore.utils.report import format_table, results_rows, write_results
+from medrestore.utils.report import COLUMNS, format_table, results_rows, write_results
 from medrestore.utils.runtime import rank_zero_info
 
 
@@ -33,4 +33,35 @@ def report(trainer: Any, datamodule: Any, stage: str, out_dir: str | Path, title
         print("\n" + format_table(rows, title, protocol))
         path = write_results(rows, out_dir, f"results_{stage}")
         rank_zero_info(f"results written to {path}")
+        log_results_table(trainer.loggers, rows, f"{stage}/results", trainer.global_step)
     return rows
+
+
+def log_results_table(loggers: list[Any], rows: list[dict], key: str = "test/results",
+                      step: int | None = None) -> int:
+    """Log the per-task results rows as one table (``wandb.Table``) to every W&B logger.
+
+    Columns are ``utils.report.COLUMNS``; a metric that was not logged (e.g. RMSE) is empty.
+    Returns how many loggers took it (only loggers with ``log_table``: W&B)."""
+    n = 0
+    for lg in loggers:
+        if rows and callable(getattr(lg, "log_table", None)):
+            data = [[_cell(r.get(c)) for c in COLUMNS] for r in rows]
+            lg.log_table(key=key, columns=list(COLUMNS), data=data, step=step)
+            n += 1
+    return n
+
+
+def _cell(v: Any) -> Any:
+    return None if v == "" else v
+
+
+def run_hyperparams(cfg: Any, model: Any) -> dict[str, Any]:
+    """What loggers get as hyper-parameters: the resolved config (nested, under ``cfg``) and the
+    parameter counts ``model/params_total``, ``model/params_trainable``."""
+    from omegaconf import OmegaConf
+
+    params = list(model.parameters())
+    return {"cfg": OmegaConf.to_container(cfg, resolve=True),
+            "model/params_total": sum(p.numel() for p in params),
+            "model/params_trainable": sum(p.numel() for p in params if p.requires_grad)}

@@ -8,6 +8,10 @@ says about itself is checked before it is used to build anything:
 * ``hyper_parameters`` must be a plain dict; ``_target_`` entries (optimiser, scheduler) must
   point into ``torch.optim`` or ``medrestore``, and Lightning's ``_instantiator`` is refused,
   since both name callables that would be called when the module is built or trained.
+
+Checkpoints describe themselves: ``medrestore_config`` (the resolved run config, a plain dict)
+and ``medrestore_normalisation`` (``{task: {low, high, unit, kind}}`` of the training data),
+read back with :func:`checkpoint_config` / :func:`checkpoint_normalisation`.
 """
 
 from __future__ import annotations
@@ -115,3 +119,29 @@ def load_module(path: str | os.PathLike, option: str = "ckpt_path", module_class
         first = (str(exc).splitlines() or [""])[0][:160]
         raise ConfigError(f"{option}={path}: not a loadable {cls.__name__} checkpoint "
                           f"({type(exc).__name__}: {first})") from None
+
+
+# ------------------------------------------------------------ self-describing checkpoints
+def _read_plain(path: str | os.PathLike, key: str, option: str) -> Any:
+    ckpt = read_module_checkpoint(path, option)
+    if key not in ckpt:
+        raise ConfigError(f"{option}={Path(path)}: no {key!r} in this checkpoint (written by "
+                          "medrestore before self-describing checkpoints)")
+    return ckpt[key]
+
+
+def checkpoint_config(path: str | os.PathLike, option: str = "ckpt_path") -> dict[str, Any]:
+    """The resolved training config stored in a checkpoint (a plain dict; ``weights_only``
+    read). ``OmegaConf.create`` of it composes again."""
+    from medrestore.modules.restoration import CONFIG_KEY
+
+    return _read_plain(path, CONFIG_KEY, option)
+
+
+def checkpoint_normalisation(path: str | os.PathLike,
+                             option: str = "ckpt_path") -> dict[str, dict[str, Any]]:
+    """``{task: {low, high, unit, kind}}``: the normalisation windows of the training data
+    (``medrestore.sample.Normalisation.from_dict`` takes each)."""
+    from medrestore.modules.restoration import NORMALISATION_KEY
+
+    return _read_plain(path, NORMALISATION_KEY, option)

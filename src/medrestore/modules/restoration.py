@@ -44,6 +44,10 @@ from medrestore.registry import TASKS, build_arch
 from medrestore.sample import adapt_channels, to_native_channels
 
 STAGES = ("val", "test")
+#: checkpoint keys of the self-describing part (plain containers; read back with
+#: medrestore.modules.checkpoint.checkpoint_config / checkpoint_normalisation)
+CONFIG_KEY = "medrestore_config"
+NORMALISATION_KEY = "medrestore_normalisation"
 #: what a non-finite training loss does: stop with one line (default) or skip the step, counted
 NONFINITE_MODES = ("error", "skip")
 SOURCES = ("pred", "lq")  # scores of the restored output and of the degraded input
@@ -78,6 +82,20 @@ def _ema_config(ema: Mapping[str, Any] | None) -> dict[str, float] | None:
     return cfg
 
 
+#: ``model.compile`` modes (``true`` = ``default``)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _compile_mode(value: Any) -> str | None:
+    if value is None or value is False or (isinstance(value, str) and value.lower() in ("false", "none", "")):
+        return None
+    if value is True or (isinstance(value, str) and value.lower() == "true"):
+        return "default"
+    if isinstance(value, str) and value in COMPILE_MODES:
+        return value
+    raise ConfigError(f"model.compile={value!r}; expected false, true or one of {list(COMPILE_MODES)}")
+
+
 class RestorationModule(L.LightningModule):
     """Base LightningModule for all-in-one restoration.
 
@@ -96,13 +114,20 @@ class RestorationModule(L.LightningModule):
             "update_after_step": 0, "update_every": 1}``.
         metrics: ``{"protocol": null|<name>}`` — null uses each task's registry default.
         monitor: the logged figure that checkpoints and sweeps optimise.
+        compile: ``torch.compile`` the training network: ``False`` (eager), ``True`` (default
+            mode) or a mode name (``COMPILE_MODES``). Applied in ``configure_model``
+            (:meth:`compile_net`) with ``nn.Module.compile``, so state-dict keys are unchanged;
+            a compile that fails falls back to eager with a warning. A run option, not a model
+            property: not saved in checkpoints.
     """
 
     def __init__(self, net: Mapping[str, Any], optimizer: Mapping[str, Any] | None = None,
                  scheduler: Mapping[str, Any] | None = None, scheduler_interval: str = "step",
                  loss: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
-                 monitor: str = "val/psnr", ema: Mapping[str, Any] | None = None) -> None:
+                 monitor: str = "val/psnr", ema: Mapping[str, Any] | None = None,
+                 compile: bool | str | None = False) -> None:
         super().__init__()
+        self.compile_mode = _compile_mode(compile)
         net, optimizer, scheduler = _plain(net), _plain(optimizer), _plain(scheduler)
         loss, metrics = _plain(loss) or {"name": "l1", "weight": 1.0}, _plain(metrics) or {}
         ema = _plain(ema) or None
@@ -147,6 +172,47 @@ class RestorationModule(L.LightningModule):
         self.results: dict[str, dict[str, float]] = {}
 
     BALANCE_MODES: tuple[str, ...] = ("none", "input")
+
+    def configure_model(self) -> None:
+        self.compile_net()
+
+    def compile_net(self) -> bool:
+        """Compile ``net``'s forward in place (``model.compile``); returns whether it is compiled.
+
+        ``nn.Module.compile`` wraps the module's call, not the module, so parameter names (and
+        checkpoints) keep their keys (no ``_orig_mod.``). Compilation is lazy: an error at
+        ``torch.compile`` or at the first compiled call makes the network run eager from then
+        on, with a warning naming the error. The EMA copy (validation on full images of varying
+        sizes) stays eager."""
+        if self.compile_mode is None or getattr(self, "_compiled", False):
+            return bool(getattr(self, "_compiled", False))
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        net, mode = self.net, self.compile_mode
+
+        def fall_back(err: BaseException) -> None:
+            net._compiled_call_impl = None
+            self._compiled = False
+            rank_zero_warn(f"model.compile={mode}: torch.compile failed "
+                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                           "running the network eager")
+
+        try:
+            compiled = torch.compile(net._call_impl, mode=None if mode == "default" else mode)
+        except Exception as err:  # noqa: BLE001 - any compiler failure means: run eager
+            fall_back(err)
+            return False
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001
+                fall_back(err)
+                return net._call_impl(*args, **kwargs)
+
+        net._compiled_call_impl = guarded
+        self._compiled = True
+        return True
 
     # ------------------------------------------------------------------ hooks
     def build_net(self, name: str, kwargs: Mapping[str, Any]) -> nn.Module:
@@ -275,9 +341,30 @@ class RestorationModule(L.LightningModule):
         cls = type(self)
         checkpoint["medrestore_module"] = f"{cls.__module__}:{cls.__qualname__}"
         checkpoint["medrestore_skipped_nonfinite"] = int(self.skipped_nonfinite)
+        # self-describing: the resolved run config (set by cli/train.py) and the data's
+        # normalisation windows, so eval / predict / export need nothing but the file
+        from medrestore.sample import normalisation_by_task
+
+        config = getattr(self, "medrestore_config", None)
+        if config is not None:
+            checkpoint[CONFIG_KEY] = _plain(config)
+        norm = dict(getattr(self, "medrestore_normalisation", None) or {})
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        for split in ("train", "val", "test"):
+            ds = getattr(dm, "_sets", {}).get(split) if dm is not None else None
+            for task, window in normalisation_by_task(getattr(ds, "rows", None)).items():
+                norm.setdefault(task, window)
+        if norm:
+            self.medrestore_normalisation = norm
+            checkpoint[NORMALISATION_KEY] = norm
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_nonfinite = int(checkpoint.get("medrestore_skipped_nonfinite", 0))
+        if CONFIG_KEY in checkpoint and getattr(self, "medrestore_config", None) is None:
+            self.medrestore_config = checkpoint[CONFIG_KEY]
+        if NORMALISATION_KEY in checkpoint:
+            self.medrestore_normalisation = {**checkpoint[NORMALISATION_KEY],
+                                             **(getattr(self, "medrestore_normalisation", None) or {})}
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
