@@ -143,6 +143,7 @@ def wandb_config(run: Path) -> dict:
     ``files/config.yaml`` only when synced): 32 KiB blocks of ``crc, length, kind`` records."""
     import struct
 
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb2
 
     (path,) = run.glob("run-*.wandb")
@@ -155,10 +156,15 @@ def wandb_config(run: Path) -> dict:
             continue
         _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
         chunk, pos = data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind not in (1, 2, 3, 4):       # 0: padding / pre-allocated space, not a record
+            continue
         buf = chunk if kind in (1, 2) else buf + chunk
         if kind in (1, 4):
             rec = pb2.Record()
-            rec.ParseFromString(buf)
+            try:
+                rec.ParseFromString(buf)
+            except DecodeError:            # a record still being written when read: skip it
+                continue
             which = rec.WhichOneof("record_type")
             items = rec.config.update if which == "config" else \
                 rec.run.config.update if which == "run" else []
