@@ -645,7 +645,7 @@ class DicomReader(ImageReader):
     name = "dicom"
     suffixes = DICOM_SUFFIXES
     read_options = ("series_uid", "recursive", "allow_uneven", "spacing_tolerance")
-    write_options = ("series_description", "reference_files")
+    write_options = ("series_description", "reference_files", "derivation_description")
 
     def reads_directory(self, path: Path) -> bool:
         return bool(dicom_files_in(path, recursive=False, limit=1))
@@ -775,7 +775,8 @@ def _reference_headers(meta: Mapping[str, Any], reference_files: Sequence[Any] |
 
 
 def _derived_from_reference(ds, pixels: np.ndarray, slope: str, intercept: str,
-                            series_uid: str, description: str | None, when: datetime) -> Any:
+                            series_uid: str, description: str | None, when: datetime,
+                            derivation: str | None = None) -> Any:
     from pydicom.dataset import Dataset, FileMetaDataset
 
     old_series = str(ds.get("SeriesInstanceUID", "") or "")
@@ -794,7 +795,8 @@ def _derived_from_reference(ds, pixels: np.ndarray, slope: str, intercept: str,
     _set_pixels(ds, pixels, slope, intercept)
     image_type = [str(v) for v in (ds.get("ImageType") or [])]
     ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
-    ds.DerivationDescription = f"medrestore: pixel data replaced; derived from series {old_series}"
+    ds.DerivationDescription = (derivation or "medrestore: pixel data replaced") + \
+        f"; derived from series {old_series}"
     old_desc = str(ds.get("SeriesDescription", "") or "")
     ds.SeriesDescription = (description if description is not None
                             else f"{old_desc} (medrestore)".strip())[:64]
@@ -856,7 +858,7 @@ def _target_geometry(meta: Mapping[str, Any], z: int) -> dict[str, Any]:
 
 def _new_dataset(pixels: np.ndarray, slope: str, intercept: str, k: int,
                  meta: Mapping[str, Any], geo: dict[str, Any], uids: dict[str, str],
-                 description: str | None, when: datetime) -> Any:
+                 description: str | None, when: datetime, derivation: str | None = None) -> Any:
     from pydicom.dataset import FileDataset
     from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 
@@ -876,7 +878,7 @@ def _new_dataset(pixels: np.ndarray, slope: str, intercept: str, k: int,
     ds.InstanceNumber = k + 1
     ds.ImageType = ["DERIVED", "SECONDARY"]
     source = meta.get("format") or "array"
-    ds.DerivationDescription = f"medrestore: written from {source} data"
+    ds.DerivationDescription = derivation or f"medrestore: written from {source} data"
     ds.SeriesDescription = (description if description is not None else "medrestore")[:64]
     if sop_class == CTImageStorage:
         ds.KVP, ds.AcquisitionNumber = None, None
@@ -897,7 +899,8 @@ def _new_dataset(pixels: np.ndarray, slope: str, intercept: str, k: int,
 
 def _datasets_for(volume: np.ndarray, meta: Mapping[str, Any], out: Path,
                   series_description: str | None,
-                  reference_files: Sequence[Any] | None) -> list[Any]:
+                  reference_files: Sequence[Any] | None,
+                  derivation: str | None = None) -> list[Any]:
     vol = _as_volume(volume, meta, out)
     refs = _reference_headers(meta, reference_files, vol.shape, out)
     stored, slope, intercept = quantise_for_dicom(vol)
@@ -905,12 +908,13 @@ def _datasets_for(volume: np.ndarray, meta: Mapping[str, Any], out: Path,
     series_uid = _new_uid()
     if refs:
         return [_derived_from_reference(h, stored[k], slope, intercept, series_uid,
-                                        series_description, when) for k, h in enumerate(refs)]
+                                        series_description, when, derivation)
+                for k, h in enumerate(refs)]
     geo = _target_geometry(meta, vol.shape[0])
     uids = {"study": str(meta.get("study_uid") or _new_uid()), "series": series_uid,
             "frame_of_reference": str(meta.get("frame_of_reference_uid") or _new_uid())}
     return [_new_dataset(stored[k], slope, intercept, k, meta, geo, uids, series_description,
-                         when) for k in range(vol.shape[0])]
+                         when, derivation) for k in range(vol.shape[0])]
 
 
 def _save(ds, path: Path, shown: Path) -> None:
@@ -924,7 +928,8 @@ def _save(ds, path: Path, shown: Path) -> None:
 def write_dicom_series(volume: np.ndarray, meta: Mapping[str, Any] | None,
                        out_dir: str | os.PathLike, *, overwrite: bool = False,
                        series_description: str | None = None,
-                       reference_files: Sequence[str | os.PathLike] | None = None) -> Path:
+                       reference_files: Sequence[str | os.PathLike] | None = None,
+                       derivation_description: str | None = None) -> Path:
     """Write ``volume`` (``Z×H×W`` physical units, e.g. HU) as a new series, one file a slice.
 
     Reference headers come from ``reference_files`` or, when that is None, ``meta["files"]``
@@ -938,9 +943,12 @@ def write_dicom_series(volume: np.ndarray, meta: Mapping[str, Any] | None,
     identity; ``meta["study_uid"]`` kept when present. Files are ``0001.dcm`` … in slice order,
     written to a temporary folder that is renamed to ``out_dir`` (refused if it exists and is
     not empty, unless ``overwrite``). See :func:`quantise_for_dicom` for the stored integers.
+    ``derivation_description`` (DICOM allows 1024 characters) says how the pixels were made,
+    e.g. the restoring model (``medrestore-predict``); the source series is appended.
     """
     out = Path(out_dir)
-    datasets = _datasets_for(volume, dict(meta or {}), out, series_description, reference_files)
+    datasets = _datasets_for(volume, dict(meta or {}), out, series_description, reference_files,
+                             derivation_description)
     width = max(4, len(str(len(datasets))))
     with atomic_output(out, overwrite, directory=True) as tmp:
         tmp.mkdir()
@@ -952,7 +960,8 @@ def write_dicom_series(volume: np.ndarray, meta: Mapping[str, Any] | None,
 
 def write_dicom(image: np.ndarray, meta: Mapping[str, Any] | None, path: str | os.PathLike, *,
                 overwrite: bool = False, series_description: str | None = None,
-                reference_files: Sequence[str | os.PathLike] | None = None) -> Path:
+                reference_files: Sequence[str | os.PathLike] | None = None,
+                derivation_description: str | None = None) -> Path:
     """Write one slice (``H×W`` or ``1×H×W``, physical units) as a single DICOM file.
 
     Same rules as :func:`write_dicom_series`: the reference is the one file of
@@ -962,7 +971,8 @@ def write_dicom(image: np.ndarray, meta: Mapping[str, Any] | None, path: str | o
     if arr.ndim == 3 and arr.shape[0] != 1:
         raise WriteError(f"{p}: {arr.shape[0]} slices cannot go into one .dcm file; give a "
                          "directory name to write a series")
-    (ds,) = _datasets_for(arr, dict(meta or {}), p, series_description, reference_files)
+    (ds,) = _datasets_for(arr, dict(meta or {}), p, series_description, reference_files,
+                          derivation_description)
     with atomic_output(p, overwrite) as tmp:
         _save(ds, tmp, p)
     return p

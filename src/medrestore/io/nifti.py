@@ -43,7 +43,7 @@ class NiftiReader(ImageReader):
     name = "nifti"
     suffixes = (".nii.gz", ".nii")
     read_options = ()
-    write_options = ("dtype",)
+    write_options = ("dtype", "description")
 
     def read(self, path: Path, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
         return read_nifti(path)
@@ -137,13 +137,14 @@ def _raw_pixdim(path: Path, img) -> list[float]:
 
 
 def write_nifti(array: np.ndarray, meta: Mapping[str, Any] | None, path: str | Path, *,
-                overwrite: bool = False, dtype: Any = None) -> Path:
+                overwrite: bool = False, dtype: Any = None, description: str | None = None) -> Path:
     """Write ``Z×H×W`` (or ``H×W``) as NIfTI, inverting :func:`read_nifti`'s transpose.
 
     The affine is ``meta``'s (RAS; a DICOM LPS affine is converted), else a diagonal of the
     spacing, else the identity. The output dtype is ``dtype``, else ``meta["write_dtype"]``,
     else the array's own dtype for integer arrays and float32 otherwise (nibabel chooses
-    ``scl_slope``/``scl_inter`` when float data go to an integer dtype)."""
+    ``scl_slope``/``scl_inter`` when float data go to an integer dtype). ``description``
+    goes to the header's ``descrip`` field (80 bytes, cut to fit), e.g. the restoring model."""
     import nibabel as nib
 
     p = Path(path)
@@ -186,6 +187,8 @@ def write_nifti(array: np.ndarray, meta: Mapping[str, Any] | None, path: str | P
     if header is None or img.header.get_xyzt_units()[0] in (None, "unknown"):
         img.header.set_xyzt_units(xyz="mm")       # our spacings and affines are millimetres
     # sform/qform codes: keep the source's when it had them, else mark as scanner-aligned
+    if description is not None:
+        img.header["descrip"] = description.encode("ascii", "replace")[:79]
     img.set_sform(affine, code=int(meta.get("sform_code") or 1) if header is not None else 1)
     img.set_qform(affine, code=int(meta.get("qform_code") or 1) if header is not None else 1)
     with atomic_output(p, overwrite) as tmp:
