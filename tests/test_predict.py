@@ -326,3 +326,33 @@ def test_python_m_entry_point(tmp_path, ckpts):
     bad = subprocess.run(cmd[:4] + [f"input={tmp_path / 'zz.png'}"] + cmd[5:], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "input=" in bad.stderr and "no such file" in bad.stderr
+
+
+def test_hdf5_array_and_jpeg2000_and_plan_of_a_series_folder_with_files(tmp_path, ckpts):
+    import h5py
+
+    from medrestore.inference.predict import plan
+    from medrestore.io.base import read_image, write_image
+
+    vol = np.random.default_rng(3).uniform(0, 15, size=(4, 24, 20)).astype(np.float32)
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f.create_dataset("pet/ld", data=vol).attrs["axes"] = "zyx"
+    _predict(tmp_path, [f"ckpt_path={ckpts['multi']}", f"input={tmp_path / 'v.h5'}::pet/ld",
+                        f"output={tmp_path / 'o.h5'}", "task=pet_synthesis"])
+    out, meta = read_image(f"{tmp_path / 'o.h5'}::pet/ld")
+    assert meta["axes"] == "zyx" and out.shape == vol.shape
+    np.testing.assert_allclose(out, vol, atol=0.01)
+    grey = np.random.default_rng(4).integers(0, 256, size=(1, 32, 40)).astype(np.uint8)
+    write_image(grey, {"format": "jpeg2000"}, tmp_path / "g.jp2")
+    _predict(tmp_path, [f"ckpt_path={ckpts['multi']}", f"input={tmp_path / 'g.jp2'}",
+                        f"output={tmp_path / 'g_out.jp2'}"])         # 8-bit: task=None resolves
+    back, meta = read_image(tmp_path / "g_out.jp2")
+    assert meta["format"] == "jpeg2000" and back.dtype == np.uint8 and back.shape == grey.shape
+    # a series folder that also holds a PNG: the series goes to a sub-folder beside the PNG
+    s, _ = _ct_series(tmp_path / "mixed")
+    write_image(np.zeros((3, 8, 8), np.uint8), {"format": "png"}, s / "thumb.png")
+    items = dict((str(a.relative_to(tmp_path)), str(b.relative_to(tmp_path)))
+                 for a, b in plan(s, tmp_path / "res"))
+    assert items == {"mixed": "res/mixed_series", "mixed/thumb.png": "res/thumb.png"}
+    only = plan(_ct_series(tmp_path / "only")[0], tmp_path / "r2")
+    assert only == [(tmp_path / "only", tmp_path / "r2")]
