@@ -356,3 +356,21 @@ def test_hdf5_array_and_jpeg2000_and_plan_of_a_series_folder_with_files(tmp_path
     assert items == {"mixed": "res/mixed_series", "mixed/thumb.png": "res/thumb.png"}
     only = plan(_ct_series(tmp_path / "only")[0], tmp_path / "r2")
     assert only == [(tmp_path / "only", tmp_path / "r2")]
+
+
+def test_task_none_on_a_checkpoint_without_recorded_windows(tmp_path):
+    """Checkpoints written before windows were recorded: the registry's tasks stand in."""
+    from medrestore.errors import ConfigError
+
+    path = _checkpoint(tmp_path / "old.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt.pop(NORMALISATION_KEY, None)
+    torch.save(ckpt, path)
+    r = Restorer.from_checkpoint(path)
+    assert r.windows == {}
+    src, vol = _ct_series(tmp_path / "s")                  # Modality CT -> ct_denoise's window
+    np.testing.assert_allclose(r.restore(src), vol, atol=0.2)
+    rgb = np.random.default_rng(1).integers(0, 256, size=(3, 20, 24)).astype(np.uint8)
+    assert r.restore(rgb).shape == rgb.shape                # 8-bit -> the 8-bit window
+    with pytest.raises(ConfigError, match="ambiguous"):
+        r.restore(vol[0])                                   # a float array: no clue

@@ -134,17 +134,21 @@ class Restorer:
         return task, Normalisation.from_dict(norm)
 
     def _infer_task(self, dtype: np.dtype, meta: Mapping[str, Any] | None, source: Any) -> str | None:
-        """The checkpoint task whose window fits an image when ``task=None`` (None: all of the
-        checkpoint's windows are the same)."""
+        """The task whose window fits an image when ``task=None``: None when all of the
+        checkpoint's windows are the same; else the checkpoint's tasks (the registry's for a
+        checkpoint that recorded none) matching the DICOM ``Modality`` or 8-bit data, if they
+        agree on one window."""
         from medrestore.registry import TASKS
+        from medrestore.sample import window_for
 
-        distinct = {tuple(sorted(v.items())) for v in self.windows.values()}
-        if len(distinct) == 1:
-            return None
-        if not self.windows:
-            raise ConfigError(f"{source}: task=None needs a window, and {self.name} recorded "
-                              "none; pass task= or a normalisation window")
         known = self.tasks or list(TASKS)
+
+        def win(t: str) -> tuple:
+            w = self.windows.get(t) or (window_for(dtype, t) if t in TASKS else {})
+            return tuple(sorted(w.items()))
+
+        if self.windows and len({win(t) for t in known}) == 1:
+            return None
         modality = str((meta or {}).get("modality") or "").upper()
         if modality in ("CT", "MR", "PT"):
             match = [t for t in known if t in TASKS and TASKS[t].modality == modality]
@@ -152,8 +156,7 @@ class Restorer:
             match = [t for t in known if t in TASKS and TASKS[t].unit == "8-bit"]
         else:
             match = []
-        windows = {tuple(sorted((self.windows.get(t) or {}).items())) for t in match}
-        if match and len(windows) == 1:
+        if match and len({win(t) for t in match}) == 1:
             return match[0]
         listed = ", ".join(f"{t} {self._window_text(t)}" for t in known)
         raise ConfigError(f"{source}: task=None is ambiguous for {self.name}: its tasks use "
