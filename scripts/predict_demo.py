@@ -1,7 +1,10 @@
 """``medrestore-predict`` on a real CT DICOM that pydicom ships, scored before and after.
 
-    python scripts/predict_demo.py [--ckpt logs/demo/runs/<run>/checkpoints/last.ckpt]
-                                   [--out data/demo/predict] [--device auto]
+    python scripts/predict_demo.py [--ckpt CKPT [CKPT ...]] [--out data/demo/predict]
+                                   [--device auto]
+
+``--ckpt`` defaults to the newest ``logs/demo/runs/*/checkpoints/last.ckpt`` (``make demo``);
+give the TAT / DATPRL-IR demo checkpoints too to compare them on the same files.
 
 The clean image is the demo's **test** CT slice (pydicom ``J2K_pixelrep_mismatch.dcm``,
 512×512 head CT, JPEG 2000 in the file). Two low-dose DICOM files are made from it with the
@@ -39,6 +42,13 @@ def newest_demo_checkpoint(root: Path) -> Path:
     return found[-1]
 
 
+def _model_name(ckpt: Path) -> str:
+    from medrestore.modules.checkpoint import read_module_checkpoint
+
+    net = (read_module_checkpoint(ckpt, "--ckpt").get("hyper_parameters") or {}).get("net") or {}
+    return str(net.get("name") or ckpt.stem)
+
+
 def psnr(ref: np.ndarray, x: np.ndarray, low: float, high: float) -> float:
     from skimage.metrics import peak_signal_noise_ratio
 
@@ -49,7 +59,7 @@ def psnr(ref: np.ndarray, x: np.ndarray, low: float, high: float) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ckpt", type=Path, default=None)
+    ap.add_argument("--ckpt", type=Path, nargs="+", default=None)
     ap.add_argument("--out", type=Path, default=Path("data/demo/predict"))
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
@@ -61,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     from medrestore.prepare import demo_sources as src
     from medrestore.prepare.demo import DEMO_SETTINGS, ct_images
 
-    ckpt = args.ckpt or newest_demo_checkpoint(Path.cwd())
+    ckpts = args.ckpt or [newest_demo_checkpoint(Path.cwd())]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     s = DEMO_SETTINGS["ct_denoise"]
@@ -87,9 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         cases.append((name, clean, path, tile))
 
     rows = []
-    for name, clean, path, tile in cases:
-        dst = out / f"{name}_restored.dcm"
-        logs = out / "logs" / name
+    for (name, clean, path, tile), ckpt in ((c, k) for k in ckpts for c in cases):
+        model = _model_name(ckpt)
+        dst = out / f"{name}_{model}.dcm"
+        logs = out / "logs" / f"{name}_{model}"
         cmd = [sys.executable, "-m", "medrestore.cli.predict", f"ckpt_path={ckpt}",
                f"input={path}", f"output={dst}", "overwrite=true", "progress=false",
                f"device={args.device}", f"paths.log_dir={logs}", f"hydra.run.dir={logs}"]
@@ -104,17 +115,17 @@ def main(argv: list[str] | None = None) -> None:
             restore_s = float(next(csv.DictReader(f))["seconds"])
         ld = read_image(path)[0][0]
         restored = read_image(dst)[0][0]
-        rows.append((name, clean.shape, tile,
+        rows.append((model, name, clean.shape, tile,
                      psnr(clean, ld, -1024, 3072), psnr(clean, restored, -1024, 3072),
                      psnr(clean, ld, -160, 240), psnr(clean, restored, -160, 240), wall, restore_s))
         print(" ".join(cmd[1:4] + cmd[4:7]))
 
-    print(f"\ncheckpoint: {ckpt}")
-    print("| input | size | tile | PSNR LD | PSNR restored | gain | soft tissue LD | soft tissue "
+    print("\ncheckpoints: " + ", ".join(map(str, ckpts)))
+    print("| model | input | size | tile | PSNR LD | PSNR restored | gain | soft tissue LD | soft tissue "
           "restored | gain | wall time | restore time |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, shape, tile, a, b, c, d, wall, rs in rows:
-        print(f"| {name}.dcm | {shape[0]}×{shape[1]} | {tile or 'whole'} | {a:.2f} | {b:.2f} | "
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for model, name, shape, tile, a, b, c, d, wall, rs in rows:
+        print(f"| {model} | {name}.dcm | {shape[0]}×{shape[1]} | {tile or 'whole'} | {a:.2f} | {b:.2f} | "
               f"{b - a:+.2f} | {c:.2f} | {d:.2f} | {d - c:+.2f} | {wall:.1f} s | {rs:.2f} s |")
     print("PSNR in dB against the clean slice: CT window [-1024, 3072] HU (the demo table's) and "
           "soft tissue W400/L40 ([-160, 240] HU).")

@@ -374,3 +374,18 @@ def test_task_none_on_a_checkpoint_without_recorded_windows(tmp_path):
     assert r.restore(rgb).shape == rgb.shape                # 8-bit -> the 8-bit window
     with pytest.raises(ConfigError, match="ambiguous"):
         r.restore(vol[0])                                   # a float array: no clue
+
+
+@pytest.mark.slow
+def test_predict_demo_script_scores_a_real_dicom(tmp_path, ckpts):
+    """scripts/predict_demo.py (README numbers) runs end to end; an identity network leaves
+    the low-dose PSNR where it was, so before = after here."""
+    out = subprocess.run([sys.executable, "scripts/predict_demo.py", "--ckpt", str(ckpts["ct"]),
+                          "--out", str(tmp_path / "pd"), "--device", "cpu"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [ln.split("|") for ln in out.stdout.splitlines() if ln.startswith("| restormer_tiny")]
+    assert [r[2].strip() for r in rows] == ["ld_256.dcm", "ld_512.dcm"]
+    for r in rows:
+        assert abs(float(r[5]) - float(r[6])) < 0.05        # PSNR LD == PSNR restored
+    assert (tmp_path / "pd" / "ld_512_restormer_tiny.dcm").is_file()
