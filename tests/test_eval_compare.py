@@ -174,7 +174,8 @@ def test_two_checkpoints_write_every_output_with_its_columns(compared):
     assert metrics["pert/test/psnr"] < metrics["ref/test/psnr"]
 
     md = (run / "comparison_test.md").read_text()
-    assert md.startswith("# Test-set comparison\n\nProtocol: each task's registry default")
+    assert md.startswith("Protocol: each task's registry default (protocol=null). `normalised` for "
+                         "ct_denoise, natural_denoise, rs_sr:")
     assert "data range 1" in md and "no border crop" in md and "| pert | normalised | ct_denoise |" in md
 
     # each label folder is a run for medrestore-report
@@ -207,9 +208,9 @@ def test_paired_table_matches_a_direct_computation_from_the_scores(compared):
     psnr_ct = next(r for r in paired if r["task"] == "ct_denoise" and r["metric"] == "psnr")
     assert float(psnr_ct["ci_high"]) < 0                      # the perturbed model is worse
     md = (run / "paired_test.md").read_text()
-    assert md.startswith("# Paired comparison against `ref`")
+    assert md.startswith("Protocol: each task's registry default")
+    assert "Paired comparison against `ref`" in md
     assert "10000 resamples" in md and "seed 0" in md and "Wilcoxon" in md
-    assert "Protocol: each task's registry default" in md
 
 
 def test_grids_are_pngs_with_the_expected_layout(compared):
@@ -285,8 +286,8 @@ def test_tat_protocol_is_named_and_refuses_non_medical_tasks(compare_setup, caps
     assert {r["protocol"] for r in scores} == {"tat"} and {r["task"] for r in scores} == {"ct_denoise"}
     assert float(scores[0]["rmse"]) > 1.0                       # physical units (HU), not [0, 1]
     assert (run / "comparison_test.md").read_text().startswith(
-        "# Test-set comparison\n\nProtocol `tat`: TAT protocol: per slice in physical units")
-    assert "Protocol `tat`" in (run / "paired_test.md").read_text()
+        "Protocol `tat`: TAT protocol: per slice in physical units clipped to CT [-160, 240] HU")
+    assert (run / "paired_test.md").read_text().startswith("Protocol `tat`")
     assert not (run / "grids").exists()
 
 
@@ -295,6 +296,7 @@ def test_tat_protocol_is_named_and_refuses_non_medical_tasks(compare_setup, caps
     (["ckpt_path=[{a},{b}]", "labels=[x,x]"], "labels: 'x' is given more than once"),
     (["ckpt_path=[{a},{b}]", "labels=[x]"], "labels has 1 entry for 2 checkpoint(s)"),
     (["ckpt_path=[{a},{b}]", "labels=[x,../y]"], "labels: '../y' is not usable as a folder name"),
+    (["ckpt_path=[{a},{b}]", "labels=[x,grids]"], "labels: 'grids' is not usable as a folder name"),
     (["ckpt_path=[{a},{b}]", "protocol=psnr"], "protocol='psnr': expected null"),
     (["ckpt_path=[{a},{a}]"], "more than once"),
     (["ckpt_path={a}", "grid_ct_window=[240,-160]"], "grid_ct_window=[240, -160]: expected low < high"),
@@ -332,3 +334,42 @@ def test_wandb_gets_the_tables_and_grids(compare_setup):
     paired = json.loads(next((media / "table" / "test").glob("paired_*.table.json")).read_text())
     assert paired["columns"] == PAIRED_HEADER
     assert list((media / "images" / "test" / "grids").glob("ct_denoise_*.png"))
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_gather_every_image_once(compare_setup, tmp_path):
+    """trainer=ddp_sim (2 gloo processes): each rank scores every other image; the per-image
+    table still holds every image exactly once per model, and the run ends (no hang)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    root, shard, ckpts = compare_setup
+    args = [sys.executable, "-m", "medrestore.cli.eval", *_overrides(shard),
+            f"ckpt_path=[{ckpts['identity']},{ckpts['perturbed']}]", "trainer=ddp_sim",
+            "grid_examples=1", f"paths.log_dir={tmp_path}/logs", "task_name=ddp_eval"]
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=400,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    run = next((tmp_path / "logs" / "ddp_eval" / "runs").iterdir())
+    _, scores = _csv(run / "scores_test.csv")
+    for model in ("restormer_tiny-identity", "restormer_tiny-perturbed"):
+        keys = [(r["task"], r["key"]) for r in scores if r["model"] == model]
+        assert len(keys) == len(set(keys)) == 3 * N_TEST
+    assert (run / "paired_test.csv").is_file() and len(list((run / "grids").glob("*.png"))) == 3
+
+
+def test_too_few_images_say_why_there_is_no_p_value(compare_setup, toy_shard):
+    """The session toy shard has one test image per task: no Wilcoxon p, and the md says why."""
+    from medrestore.cli.eval import evaluate
+
+    root, _, ckpts = compare_setup
+    run = root / "one_image"
+    evaluate(compose("eval", _overrides(toy_shard, f"ckpt_path=[{ckpts['identity']},{ckpts['perturbed']}]",
+                                        "grid_examples=0"), run))
+    _, paired = _csv(run / "paired_test.csv")
+    assert all(r["n"] == "1" and r["p_wilcoxon"] == "nan" for r in paired)
+    assert all("1 non-zero difference(s) < 6" in r["method"] for r in paired)
+    assert all(r["ci_low"] == r["ci_high"] == r["mean_diff"] for r in paired)   # one image
+    assert "n/a (1 non-zero difference(s) < 6" in (run / "paired_test.md").read_text()

@@ -167,9 +167,10 @@ def _labels(cfg: DictConfig, infos: list[dict[str, Any]]) -> list[str]:
                           f"for {len(infos)} checkpoint(s) in ckpt_path; give one label per "
                           "checkpoint (or leave labels=null)")
     for lb in labels:
-        if not _LABEL_OK.match(lb) or lb in ("grids",):
+        if not _LABEL_OK.match(lb) or lb in TOP_OUTPUTS:
             raise ConfigError(f"labels: {lb!r} is not usable as a folder name; expected letters, "
-                              "digits and . _ - + = (not starting with a symbol, not 'grids')")
+                              "digits and . _ - + = (not starting with a symbol, not one of the "
+                              f"output names {', '.join(TOP_OUTPUTS)})")
     dup = sorted(lb for lb, n in Counter(labels).items() if n > 1)
     if dup:
         raise ConfigError(f"labels: {dup[0]!r} is given more than once; labels must be unique")
@@ -472,9 +473,10 @@ def _write_comparison(out_dir: Path, labels: list[str], protocol: str | None, ta
     described = protocol_description(protocol, tasks)
     table = markdown_table(comparison, cols)
     n_text = ", ".join(f"`{lb}`" for lb in labels)
-    md = (f"# Test-set comparison\n\n{described}\n\nModels: {n_text}. Rows: tasks (registry "
-          "order), domains and the mean (unweighted means over tasks); `_input` = the degraded "
-          "input, `_restored` = the model's output, `_gain` = restored − input.\n\n" + table + "\n")
+    # the protocol comes first: a table read on its own must say how it was scored
+    md = (f"{described}\n\nTest-set comparison of {n_text}. Rows: tasks (registry order), "
+          "domains and the mean (unweighted means over tasks); `_input` = the degraded input, "
+          "`_restored` = the model's output, `_gain` = restored − input.\n\n" + table + "\n")
     (out_dir / "comparison_test.md").write_text(md)
     out["comparison_md"] = out_dir / "comparison_test.md"
     print("\n" + described + "\n" + table)
@@ -483,9 +485,10 @@ def _write_comparison(out_dir: Path, labels: list[str], protocol: str | None, ta
         paired = paired_rows(scores, labels, resamples, seed)
         out["paired"] = write_csv(paired, out_dir / "paired_test.csv", PAIRED_COLUMNS)
         short = [c for c in PAIRED_COLUMNS if c != "method"]
-        ptable = markdown_table(paired, short, metric_of="metric")
+        shown = [{**r, "p_wilcoxon": _p_cell(r)} for r in paired]
+        ptable = markdown_table(shown, short, metric_of="metric")
         methods = sorted({r["method"] for r in paired})
-        pmd = (f"# Paired comparison against `{labels[0]}`\n\n{described}\n\n"
+        pmd = (f"{described}\n\nPaired comparison against `{labels[0]}`. "
                f"Per task and metric: differences model − reference (`{labels[0]}`) over the "
                "images both scored, matched by image key; `mean_diff` is their mean, "
                f"[`ci_low`, `ci_high`] a 95 % percentile paired bootstrap interval "
@@ -505,6 +508,15 @@ def _write_comparison(out_dir: Path, labels: list[str], protocol: str | None, ta
         rank_zero_info(f"example grids written to {out_dir / 'grids'}")
     rank_zero_info(f"comparison written to {out['comparison']}")
     return out
+
+
+def _p_cell(row: dict[str, Any]) -> Any:
+    """A NaN p-value reads as its reason (e.g. too few non-zero differences) in the Markdown."""
+    p = row["p_wilcoxon"]
+    if isinstance(p, float) and p != p:
+        why = next((part for part in str(row["method"]).split("; ") if part.startswith("Wilcoxon: ")), "")
+        return f"n/a ({why[len('Wilcoxon: '):]})" if why else "n/a"
+    return p
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
