@@ -108,7 +108,8 @@ def _describe(path: Path, option: str, cfg: DictConfig) -> dict[str, Any]:
         hp = obj.get("hyper_parameters") or {}
         net = hp.get("net") or {}
         stored = obj.get(CONFIG_KEY) or {}
-        info["model"] = str(net.get("name") or (stored.get("model") or {}).get("net", {}).get("name") or "model")
+        stored_net = (stored.get("model") or {}).get("net") or {} if isinstance(stored, dict) else {}
+        info["model"] = str(net.get("name") or stored_net.get("name") or "model")
         info["run_name"] = stored.get("run_name") if isinstance(stored, dict) else None
         info["stored_protocol"] = (hp.get("metrics") or {}).get("protocol")
     else:
@@ -321,7 +322,8 @@ def _restore_examples(model: Any, datamodule: Any, chosen: dict[str, list[int]],
 
 
 def write_grids(out_dir: Path, store: dict[str, dict[int, dict[str, Any]]], labels: list[str],
-                protocol: str | None, ct_window: tuple[float, float], ct_window_name: str | None) -> list[Path]:
+                protocol: str | None, ct_window: tuple[float, float],
+                ct_window_name: str | None) -> list[Path]:
     from medrestore.inference.figures import task_grid
     from medrestore.registry import TASKS
     from medrestore.utils.report import task_protocol

@@ -98,7 +98,8 @@ def task_grid(path: str | Path, task: str, examples: Sequence[Mapping[str, Any]]
     for r, ex in enumerate(examples):
         meta = ex["meta"]
         gt = _display(ex["gt"], meta, win)
-        shown = [_display(ex["lq"], meta, win)] + [_display(ex["preds"][lb], meta, win) for lb in labels] + [gt]
+        shown = ([_display(ex["lq"], meta, win)]
+                 + [_display(ex["preds"][lb], meta, win) for lb in labels] + [gt])
         vmin, vmax = (win if is_ct else (0.0, 1.0))
         for c, img in enumerate(shown):
             ax = axes[r, c]

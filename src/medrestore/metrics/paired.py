@@ -102,7 +102,8 @@ def paired_stats(reference: Sequence[float] | np.ndarray, model: Sequence[float]
             "ci_low": low, "ci_high": high, "p_wilcoxon": p, "method": method}
 
 
-def pair_by_key(reference: Mapping[str, float], model: Mapping[str, float]) -> tuple[list[str], np.ndarray, np.ndarray]:
+def pair_by_key(reference: Mapping[str, float],
+                model: Mapping[str, float]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Keys scored by both (sorted) and the two aligned score vectors."""
     keys = sorted(set(reference) & set(model))
     return (keys, np.array([reference[k] for k in keys], dtype=np.float64),

@@ -158,7 +158,7 @@ def markdown_table(rows: list[dict[str, object]], columns: tuple[str, ...] | lis
                                for c in columns) + " |"]
     for r in rows:
         prefix = f"{r.get(metric_of)}_" if metric_of else ""
-        cells = [format_cell(prefix + c if isinstance(r.get(c), float) and c not in ("p_wilcoxon",) else c, r.get(c))
-                 for c in columns]
+        cells = [format_cell(prefix + c if isinstance(r.get(c), float) and not c.startswith("p_") else c,
+                             r.get(c)) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
