@@ -297,7 +297,7 @@ def test_tat_protocol_is_named_and_refuses_non_medical_tasks(compare_setup, caps
     (["ckpt_path=[{a},{b}]", "labels=[x]"], "labels has 1 entry for 2 checkpoint(s)"),
     (["ckpt_path=[{a},{b}]", "labels=[x,../y]"], "labels: '../y' is not usable as a folder name"),
     (["ckpt_path=[{a},{b}]", "labels=[x,grids]"], "labels: 'grids' is not usable as a folder name"),
-    (["ckpt_path=[{a},{b}]", "protocol=psnr"], "protocol='psnr': expected null"),
+    (["ckpt_path=[{a},{b}]", "protocol=psnr"], "protocol='psnr': expected auto"),
     (["ckpt_path=[{a},{a}]"], "more than once"),
     (["ckpt_path={a}", "grid_ct_window=[240,-160]"], "grid_ct_window=[240, -160]: expected low < high"),
 ])
@@ -390,3 +390,45 @@ def test_cli_missing_checkpoint_among_several_is_one_line_exit_2(compare_setup, 
     assert out.returncode == 2 and len(err) == 1, out.stderr[-2000:]
     assert f"ckpt_path[1]={root / 'gone.ckpt'}: no such checkpoint file" in err[0]
     assert "Traceback" not in out.stderr
+
+
+def test_protocol_auto_follows_the_checkpoints_when_they_agree(compare_setup, tmp_path, caplog):
+    """The default ``protocol=auto``: a checkpoint trained to report ``tat`` is scored with it;
+    checkpoints recording different protocols fall back to each task's default, said once."""
+    import logging
+
+    import lightning as L
+    import torch
+
+    from medrestore.cli.eval import evaluate
+    from medrestore.modules.restoration import RestorationModule
+
+    root, shard, ckpts = compare_setup
+    torch.manual_seed(0)
+    model = RestorationModule({"name": "restormer_tiny", "in_channels": 3, "out_channels": 3},
+                              metrics={"protocol": "tat"})
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "tat.ckpt")
+    evaluate(compose("eval", _overrides(shard, f"ckpt_path={tmp_path / 'tat.ckpt'}",
+                                        "data.tasks=[ct_denoise]", "grid_examples=0"), tmp_path / "a"))
+    _, scores = _csv(tmp_path / "a" / "scores_test.csv")
+    assert {r["protocol"] for r in scores} == {"tat"}
+    with caplog.at_level(logging.INFO, logger="medrestore"):
+        evaluate(compose("eval", _overrides(
+            shard, f"ckpt_path=[{tmp_path / 'tat.ckpt'},{ckpts['identity']}]",
+            "data.tasks=[ct_denoise]", "grid_examples=0"), tmp_path / "b"))
+    _, scores = _csv(tmp_path / "b" / "scores_test.csv")
+    assert {r["protocol"] for r in scores} == {"normalised"}
+    assert "record different protocols" in caplog.text
+
+
+def test_report_reads_the_label_folders_of_a_comparison_run(compared, capsys):
+    from medrestore.cli.report import find_runs, main
+
+    run, _, _ = compared
+    assert [p.name for p in find_runs([run])] == ["pert", "ref"] or \
+        [p.name for p in find_runs([run])] == ["ref", "pert"]
+    main([str(run)])
+    out = capsys.readouterr().out
+    assert "label=ref" in out and "label=pert" in out and "ct_denoise" in out

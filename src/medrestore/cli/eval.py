@@ -84,15 +84,32 @@ def _checkpoint_paths(cfg: DictConfig) -> tuple[list[Path], bool]:
 
 
 def _protocol(cfg: DictConfig) -> str | None:
+    """The protocol asked for: a name, None (each task's default) or ``"auto"``."""
     from medrestore.metrics.protocols import PROTOCOLS
 
-    value = cfg.get("protocol")
+    value = cfg.get("protocol", "auto")
     if value in (None, "", "null", "None"):
         return None
+    if str(value) == "auto":
+        return "auto"
     if str(value) not in PROTOCOLS:
-        raise ConfigError(f"protocol={value!r}: expected null (each task's default) or one of "
-                          f"{', '.join(PROTOCOLS.names())}")
+        raise ConfigError(f"protocol={value!r}: expected auto (the checkpoints' own), null (each "
+                          f"task's default) or one of {', '.join(PROTOCOLS.names())}")
     return str(value)
+
+
+def _resolve_auto(protocol: str | None, infos: list[dict[str, Any]]) -> str | None:
+    """``auto``: the protocol the checkpoints were trained to report when they all agree (a
+    TAT run evaluates under ``tat`` as during training), else each task's default."""
+    if protocol != "auto":
+        return protocol
+    stored = {info["stored_protocol"] for info in infos}
+    if len(stored) == 1:
+        return next(iter(stored))
+    rank_zero_info(f"protocol=auto: the checkpoints record different protocols "
+                   f"({', '.join(sorted(map(str, stored)))}); scoring every model with each "
+                   "task's default (protocol=null); name one with protocol=...")
+    return None
 
 
 def _describe(path: Path, option: str, cfg: DictConfig) -> dict[str, Any]:
@@ -362,6 +379,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         raise ConfigError(f"paired_resamples={resamples}: expected >= 1")
     infos = [_describe(p, f"ckpt_path[{i}]" if as_list else "ckpt_path", cfg) for i, p in enumerate(paths)]
     labels = _labels(cfg, infos)
+    protocol = _resolve_auto(protocol, infos)
     single = len(paths) == 1
     out_dir = Path(cfg.paths.output_dir)
     rank_zero = rank_zero_only.rank == 0

@@ -51,8 +51,15 @@ def find_runs(paths: Sequence[str | Path], stage: str = "test") -> list[Path]:
     for p in map(Path, paths):
         if not p.is_dir():
             raise ReportError(f"{p}: no such run directory")
-        if _is_run(p, stage):
+        results = RESULTS.format(stage=stage)
+        # a multi-checkpoint medrestore-eval run: its results live in one folder per label
+        labelled = [] if (p / results).is_file() else sorted(
+            (d.parent for d in p.glob(f"*/{results}")), key=_natural)
+        if _is_run(p, stage) and not labelled:
             runs.append(p)
+            continue
+        if labelled:
+            runs += labelled
             continue
         inside = sorted({d.parent if d.name != "config.yaml" else d.parent.parent
                          for m in ("**/config_resolved.yaml", "**/.hydra/config.yaml",
