@@ -10,19 +10,25 @@ from medrestore.utils.report import COLUMNS, format_table, results_rows, write_r
 from medrestore.utils.runtime import rank_zero_info
 
 
-def build_trainer(cfg: Any):
+def build_trainer(cfg: Any, loggers: list[Any] | None = None, extra_callbacks: list[Any] = ()):
+    """The configured Trainer; ``loggers`` given (possibly ``[]``) are used instead of building
+    ``cfg.logger`` (one logger set over several evaluations), ``extra_callbacks`` are added."""
     from hydra.utils import instantiate
 
     from medrestore.utils.config import instantiate_dict
 
-    callbacks = instantiate_dict(cfg.get("callbacks"), "callbacks")
-    loggers = instantiate_dict(cfg.get("logger"), "logger")
+    callbacks = instantiate_dict(cfg.get("callbacks"), "callbacks") + list(extra_callbacks)
+    if loggers is None:
+        loggers = instantiate_dict(cfg.get("logger"), "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return trainer, callbacks, loggers
 
 
-def report(trainer: Any, datamodule: Any, stage: str, out_dir: str | Path, title: str) -> list[dict]:
-    """Print and save the per-task table from the metrics the test loop logged (rank zero)."""
+def report(trainer: Any, datamodule: Any, stage: str, out_dir: str | Path, title: str,
+           table_key: str | None = None, loggers: list[Any] | None = None) -> list[dict]:
+    """Print and save the per-task table from the metrics the test loop logged (rank zero);
+    log it as ``table_key`` (default ``<stage>/results``) to ``loggers`` (default: the
+    trainer's)."""
     if trainer.global_rank != 0:
         return []
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -33,21 +39,34 @@ def report(trainer: Any, datamodule: Any, stage: str, out_dir: str | Path, title
         print("\n" + format_table(rows, title, protocol))
         path = write_results(rows, out_dir, f"results_{stage}")
         rank_zero_info(f"results written to {path}")
-        log_results_table(trainer.loggers, rows, f"{stage}/results", trainer.global_step)
+        log_results_table(trainer.loggers if loggers is None else loggers, rows,
+                          table_key or f"{stage}/results", trainer.global_step)
     return rows
 
 
 def log_results_table(loggers: list[Any], rows: list[dict], key: str = "test/results",
-                      step: int | None = None) -> int:
-    """Log the per-task results rows as one table (``wandb.Table``) to every W&B logger.
+                      step: int | None = None, columns: tuple[str, ...] | list[str] = COLUMNS) -> int:
+    """Log rows as one table (``wandb.Table``) to every W&B logger.
 
-    Columns are ``utils.report.COLUMNS``; a metric that was not logged (e.g. RMSE) is empty.
-    Returns how many loggers took it (only loggers with ``log_table``: W&B)."""
+    Columns are ``columns`` (default ``utils.report.COLUMNS``); a metric that was not logged
+    (e.g. RMSE) is empty. Returns how many loggers took it (only loggers with ``log_table``:
+    W&B)."""
     n = 0
     for lg in loggers:
         if rows and callable(getattr(lg, "log_table", None)):
-            data = [[_cell(r.get(c)) for c in COLUMNS] for r in rows]
-            lg.log_table(key=key, columns=list(COLUMNS), data=data, step=step)
+            data = [[_cell(r.get(c)) for c in columns] for r in rows]
+            lg.log_table(key=key, columns=list(columns), data=data, step=step)
+            n += 1
+    return n
+
+
+def log_images(loggers: list[Any], key: str, paths: list[str | Path], captions: list[str],
+               step: int | None = None) -> int:
+    """Log image files (e.g. example grids) to every logger with ``log_image`` (W&B)."""
+    n = 0
+    for lg in loggers:
+        if paths and callable(getattr(lg, "log_image", None)):
+            lg.log_image(key=key, images=[str(p) for p in paths], caption=list(captions), step=step)
             n += 1
     return n
 

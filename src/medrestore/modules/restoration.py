@@ -170,6 +170,9 @@ class RestorationModule(L.LightningModule):
             f"{stage}_{src}_{m}": PerTaskMean()
             for stage in STAGES for src in SOURCES for m in METRIC_NAMES})
         self.results: dict[str, dict[str, float]] = {}
+        # per-image test scores, kept only when a caller asks for them (medrestore-eval sets a
+        # list here): one dict per sample, this rank's samples only
+        self.sample_scores: list[dict[str, Any]] | None = None
 
     BALANCE_MODES: tuple[str, ...] = ("none", "input")
 
@@ -397,17 +400,23 @@ class RestorationModule(L.LightningModule):
 
     def _score(self, stage: str, batch: Mapping[str, Any]) -> torch.Tensor:
         pred, _ = self.restore(batch)
+        keep = stage == "test" and self.sample_scores is not None
         for i, task in enumerate(batch["task"]):
             c = int(batch["channels"][i])
             protocol = protocol_for(task, self.protocol_override)
             gt = to_native_channels(batch["gt"][i], c)
             meta = batch["meta"][i]
+            record = {"task": task, "domain": batch["domain"][i], "key": batch["key"][i]}
             for src, img in (("pred", to_native_channels(pred[i].float(), c)),
                              ("lq", to_native_channels(batch["lq"][i], c))):
                 scores = protocol(img, gt, meta)
                 for m in METRIC_NAMES:
                     self.scores[f"{stage}_{src}_{m}"].update(scores[m].reshape(1),
                                                              batch["task_id"][i:i + 1])
+                    if keep:  # .item() syncs the device: only when asked
+                        record[m if src == "pred" else f"{m}_input"] = float(scores[m])
+            if keep:
+                self.sample_scores.append(record)
         return pred
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
