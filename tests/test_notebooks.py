@@ -97,90 +97,17 @@ def sweep(tmp_path_factory, toy_shard):
 
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory, checkpoints):
-    """The comparison of the two checkpoints, on 4 test images per task (so that the paired
-    intervals are intervals)."""
+    """``medrestore-eval ckpt_path=[id,rand] labels=[id,rand] protocol=null`` on a toy shard with
+    6 test images per task (the session's toy shard has 1: no paired interval, no p-value)."""
+    from medrestore.cli.eval import evaluate
+
     root = tmp_path_factory.mktemp("eval")
-    shard = write_toy_shard(root / "eval_shard.h5", seed=1, per_split=(1, 1, 4))
-    write_eval_outputs(root / "run", checkpoints, shard)
+    shard = write_toy_shard(root / "eval_shard.h5", seed=1, per_split=(1, 1, 6))
+    cfg = compose("eval", [f"data.sets=[{shard}]", f"ckpt_path=[{checkpoints['id']},{checkpoints['rand']}]",
+                           "labels=[id,rand]", "protocol=null", "grid_examples=1", "paired_resamples=2000",
+                           "trainer.enable_progress_bar=false", "extras.print_config=false"], root / "run")
+    evaluate(cfg)
     return root / "run"
-
-
-def write_eval_outputs(out: Path, ckpts: dict[str, Path], shard: Path) -> None:
-    """The eval comparison files (``scores/comparison/paired_test.csv``, ``grids/<task>.png``)
-    from a real per-image computation: each checkpoint restores every test image with
-    ``Restorer``, scored with the task's default protocol."""
-    import csv
-
-    import torch
-    from PIL import Image
-    from scipy.stats import wilcoxon
-
-    from medrestore.datasets.pairs import ShardPairs
-    from medrestore.inference.restorer import Restorer
-    from medrestore.metrics.protocols import protocol_for
-    from medrestore.registry import TASKS
-    from medrestore.sample import Normalisation
-    from medrestore.utils.report import COLUMNS
-
-    test = ShardPairs([shard], "test")
-    scores = []
-    for label, path in ckpts.items():
-        restorer = Restorer.from_checkpoint(str(path))
-        for i in range(len(test)):
-            s = test[i]
-            norm = Normalisation.from_dict(s["meta"]["normalisation"])
-            pred = norm.normalise(restorer.restore(norm.denormalise(s["lq"].numpy()), s["task"],
-                                                   normalisation=norm.to_dict()))
-            score = protocol_for(s["task"])
-            res, inp = score(torch.from_numpy(pred), s["gt"], s["meta"]), score(s["lq"], s["gt"], s["meta"])
-            scores.append({"model": label, "protocol": "", "task": s["task"], "domain": s["domain"],
-                           "key": s["key"], **{f"{m}_input": float(inp[m]) for m in ("psnr", "ssim", "rmse")},
-                           **{m: float(res[m]) for m in ("psnr", "ssim", "rmse")}})
-    out.mkdir(parents=True)
-
-    def write(name, rows, fields):
-        with open(out / name, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-
-    write("scores_test.csv", scores, list(scores[0]))
-    comparison = []
-    for label in ckpts:
-        groups = {}
-        for r in scores:
-            if r["model"] == label:
-                groups.setdefault((r["task"], r["domain"]), []).append(r)
-        rows = []
-        for (task, domain), rs in sorted(groups.items(), key=lambda kv: list(TASKS).index(kv[0][0])):
-            row = {"task": task, "domain": domain, "n": len(rs)}
-            for m in ("psnr", "ssim", "rmse"):
-                row[f"{m}_input"] = float(np.mean([r[f"{m}_input"] for r in rs]))
-                row[f"{m}_restored"] = float(np.mean([r[m] for r in rs]))
-                row[f"{m}_gain"] = row[f"{m}_restored"] - row[f"{m}_input"]
-            rows.append(row)
-        mean = {"task": "[mean]", "domain": "all", "n": ""}
-        mean.update({c: float(np.mean([r[c] for r in rows])) for c in COLUMNS[3:]})
-        comparison += [{"model": label, "protocol": "", **r} for r in rows + [mean]]
-    write("comparison_test.csv", comparison, ["model", "protocol", *COLUMNS])
-    paired, (ref, *others) = [], list(ckpts)
-    rng = np.random.default_rng(0)
-    for task in sorted({r["task"] for r in scores}, key=list(TASKS).index):
-        for metric in ("psnr", "ssim"):
-            a = np.array([r[metric] for r in scores if r["model"] == ref and r["task"] == task])
-            for model in others:
-                b = np.array([r[metric] for r in scores if r["model"] == model and r["task"] == task])
-                d = b - a
-                boot = rng.choice(d, size=(2000, len(d))).mean(axis=1)
-                paired.append({"task": task, "metric": metric, "reference": ref, "model": model,
-                               "n": len(d), "mean_reference": a.mean(), "mean_model": b.mean(),
-                               "mean_diff": d.mean(), "ci_low": np.percentile(boot, 2.5),
-                               "ci_high": np.percentile(boot, 97.5),
-                               "p_wilcoxon": wilcoxon(b, a).pvalue, "method": "bootstrap"})
-    write("paired_test.csv", paired, list(paired[0]))
-    (out / "grids").mkdir()
-    for task in {r["task"] for r in scores}:
-        Image.fromarray(np.zeros((8, 24, 3), np.uint8)).save(out / "grids" / f"{task}.png")
 
 
 # ---------------------------------------------------------------- offline W&B reader
@@ -269,7 +196,8 @@ def test_compare_runs_notebook_on_an_eval_runs_wandb_and_a_sweep(sweep, eval_dir
     assert "model.optimizer.lr: 0.001 -> " in text and "0.0005 -> " in text   # the swept setting
     assert "restormer_tiny lr=0.001" in text and "run_name" not in text          # labels
     # the eval's paired table is printed row by row, one per task and metric
-    assert text.count("id − rand") + text.count("rand − id") >= len(TOY_TASKS)
+    assert text.count("rand − id") == 3 * len(TOY_TASKS)            # psnr, ssim, rmse
+    assert text.count("0.0312") == 3 * len(TOY_TASKS)               # Wilcoxon, 6 of one sign
 
 
 def test_compare_runs_without_inputs_says_what_is_missing(tmp_path, monkeypatch):
