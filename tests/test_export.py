@@ -112,9 +112,11 @@ def test_onnx_export_runs_in_onnxruntime_at_any_size(name, ckpts, tmp_path):
     assert out.is_file() and not out.with_name(out.name + ".partial").exists()
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     assert sidecar == json.loads(json.dumps(info))
-    assert [r["size"] for r in sidecar["parity"]] == [[64, 64], [75, 90]]
+    # TAT: one more size with more TLC windows than the traced 61×75 (2×2 at full resolution)
+    sizes = [[64, 64], [75, 90]] + ([[99, 99]] if name == "tat" else [])
+    assert [r["size"] for r in sidecar["parity"]] == sizes
     assert all(r["max_abs_diff"] <= 1e-4 and r["batch"] == 2 for r in sidecar["parity"])
-    assert sum(line.startswith("parity ") for line in lines) == 2
+    assert sum("max |Δ| = " in line for line in lines) == len(sizes)
     assert sidecar["arch"] == f"{name}_tiny" and sidecar["status"] == "ok"
     assert sidecar["dynamic_axes"] == {"batch": True, "height": True, "width": True}
     assert sidecar["opset"] == 17 and {"torch", "onnx", "onnxruntime"} <= set(sidecar["versions"])
@@ -155,6 +157,19 @@ def test_torchscript_round_trip_at_a_third_size(name, ckpts, tmp_path):
         assert got.shape == ref.shape and (got - ref).abs().max() <= 1e-4
         if name == "restormer":   # the EMA network was exported, not the raw one
             assert (got - module.net(x)).abs().max() > 1e-3
+
+
+def test_a_trace_that_froze_the_tlc_window_grid_fails_parity(ckpts, tmp_path, monkeypatch):
+    """Without the tensor-op TLC the trace keeps the traced size's window grid: right at sizes
+    with as many windows (64², 75×90), wrong at the size the export adds for that reason."""
+    from medrestore.models.layers.tlc import TLC
+
+    monkeypatch.setattr(ex, "_traceable_tlc_class", lambda: TLC)
+    with pytest.raises(ex.ExportError, match=r"^parity failed at 99x99: "):
+        ex.export_checkpoint(ckpts["tat"], "torchscript", tmp_path / "tat.pt", echo=None)
+    assert not (tmp_path / "tat.pt").exists() and (tmp_path / "tat.pt.failed").exists()
+    failed = json.loads((tmp_path / "tat.pt.failed.json").read_text())
+    assert [r["max_abs_diff"] <= 1e-4 for r in failed["parity"]] == [True, True, False]
 
 
 def test_default_output_is_beside_the_checkpoint(ckpts, tmp_path):

@@ -402,19 +402,28 @@ def _check_options(format: str, sizes: Any, trace_size: Any, atol: Any, opset: A
     return sizes, (th, tw), atol
 
 
-def _tlc_size(net: nn.Module, sizes: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
-    """A size whose full-resolution map is cut into several overlapping TLC windows, when no
-    parity size is (the full TAT trains at 128², so its windows only split above 192)."""
+def _tlc_size(net: nn.Module, sizes: Sequence[tuple[int, int]], trace: tuple[int, int],
+              pad: int) -> tuple[int, int] | None:
+    """A parity size whose full-resolution map has more TLC windows on both axes than the
+    traced size (and at least two), when no parity size has: a graph that froze the traced
+    window count or origins then fails the check. ``None`` without TLC."""
     from medrestore.models.layers.tlc import TLCAttentionMixin
 
     windows = [m.tlc.window for m in net.modules()
                if isinstance(m, TLCAttentionMixin) and m.tlc is not None and m.tlc.mode is not False]
     if not windows:
         return None
-    wh, ww = max(w[0] for w in windows), max(w[1] for w in windows)
-    if any(h > wh and w > ww for h, w in sizes):
+    win = (max(w[0] for w in windows), max(w[1] for w in windows))  # the full-resolution level
+
+    def counts(size: Sequence[int]) -> tuple[int, int]:
+        padded = [n + (-n) % pad if pad else n for n in size]
+        return tuple((n - 1) // min(n, k) + 1 for n, k in zip(padded, win))  # type: ignore[return-value]
+
+    traced = counts(trace)
+    if any(all(c > max(t, 1) for c, t in zip(counts(s), traced)) for s in sizes):
         return None
-    return wh + wh // 3 + 1, ww + ww // 2 + 3
+    # (t)·window + a few pixels: one window more than traced; odd so it is also padded
+    return tuple(max(t, 1) * k + 3 + (max(t, 1) * k) % 2 for t, k in zip(traced, win))  # type: ignore[return-value]
 
 
 def export_module(module: Any, out: str | os.PathLike, format: str = "onnx", *,
@@ -445,11 +454,12 @@ def export_module(module: Any, out: str | os.PathLike, format: str = "onnx", *,
                           f"{pad} (the smallest input the exported graph takes)")
     in_ch, out_ch = int(module.in_channels), int(module.out_channels)
     tlc = getattr(net, "tlc", None)
-    extra_size = _tlc_size(net, sizes)
+    extra_size = _tlc_size(net, sizes, (th, tw), pad)
     if extra_size is not None:
         sizes = [*sizes, extra_size]
         if echo is not None:
-            echo(f"parity also at {extra_size[0]}x{extra_size[1]}: a size where TLC windows overlap")
+            echo(f"parity also at {extra_size[0]}x{extra_size[1]}: more TLC windows than at the "
+                 "traced size")
     dynamic_batch = True if dynamic_batch is None else bool(dynamic_batch)
     batch = 2 if dynamic_batch else 1  # the parity check then also covers a batch of two
 
