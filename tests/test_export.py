@@ -219,6 +219,17 @@ def test_existing_output_needs_overwrite(ckpts, tmp_path):
     assert sidecar.is_file()
 
 
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    from conftest import RunsCode
+
+    marker = tmp_path / "ran"
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"pytorch-lightning_version": "2.0", "state_dict": {}, "x": RunsCode(marker)}, bad)
+    with pytest.raises(ConfigError, match=r"bad\.ckpt: refused: the file holds pickled Python"):
+        ex.export_checkpoint(bad, "onnx", echo=None)
+    assert not marker.exists() and not list(tmp_path.glob("bad.onnx*"))
+
+
 @pytest.mark.parametrize("option, value, match", [
     ("format", "tflite", r"format='tflite'; expected one of onnx, torchscript"),
     ("opset", 13, r"opset=13; expected an integer in \[16, "),
@@ -230,6 +241,17 @@ def test_bad_options_are_one_line(option, value, match, ckpts, tmp_path):
     kwargs = {"format": "onnx", option: value}
     with pytest.raises(ConfigError, match=match):
         ex.export_checkpoint(ckpts["restormer"], out=tmp_path / "m.onnx", echo=None, **kwargs)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_network_without_padding_is_refused(tmp_path):
+    from medrestore.modules.restoration import RestorationModule
+
+    module = RestorationModule({"name": "restormer_tiny", "in_channels": 1, "out_channels": 1,
+                                "pad_multiple": 0}, {"_target_": "torch.optim.Adam", "lr": 1e-3})
+    with pytest.raises(ex.ExportError, match=r"net\.pad_multiple=0, so the network takes only "
+                                             r"multiples of 8"):
+        ex.export_module(module, tmp_path / "m.onnx", echo=None)
     assert not list(tmp_path.iterdir())
 
 

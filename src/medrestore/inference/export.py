@@ -58,7 +58,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import warnings
 from pathlib import Path
@@ -69,8 +68,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medrestore.errors import ConfigError, MedrestoreError
-
-log = logging.getLogger("medrestore")
 
 __all__ = ["ExportError", "FORMATS", "SUFFIXES", "export_checkpoint", "export_module",
            "default_output", "parity_check", "traceable_copy"]
@@ -90,20 +87,20 @@ class ExportError(MedrestoreError):
 
 
 # ------------------------------------------------------------------ traceable replacements
-def _window_index(length: Tensor | int, window: int) -> Tensor:
+def _window_index(length: Tensor | int, window: int, device: Any = None) -> Tensor:
     """``m × k`` pixel indices of the TLC windows along one axis, from tensor arithmetic.
 
     Same grid as :func:`medrestore.models.layers.tlc.window_starts`: ``k = min(n, window)``,
     ``m = ⌈n / k⌉``, stride ``s = ⌈(n − k) / (m − 1)⌉`` and starts ``min(i·s, n − k)`` (equal
     to the reference loop for every ``n`` and window; the stride of a single window never
     matters). Under a trace ``length`` is a 0-d tensor, so the grid follows the input size."""
-    n = torch.as_tensor(length)
+    n = torch.as_tensor(length, device=device)
     k = torch.clamp(n, max=window)
     m = torch.div(n - 1, k, rounding_mode="floor") + 1
     d = torch.clamp(m - 1, min=1)
     step = torch.div(n - k + d - 1, d, rounding_mode="floor")
-    starts = torch.minimum(torch.arange(m) * step, n - k)
-    return starts[:, None] + torch.arange(k)[None, :]
+    starts = torch.minimum(torch.arange(m, device=device) * step, n - k)
+    return starts[:, None] + torch.arange(k, device=device)[None, :]
 
 
 def traceable_windowed_attend(attend: Callable[[Tensor, Tensor, Tensor], Tensor], q: Tensor,
@@ -112,9 +109,8 @@ def traceable_windowed_attend(attend: Callable[[Tensor, Tensor, Tensor], Tensor]
     windows are gathered into the batch axis (window-major, row-major, as the reference) and
     their outputs scatter-added back; the coverage count is the product of the per-axis
     counts. Equal to the eager result up to float summation order."""
-    b, c = q.shape[0], q.shape[1]
-    h, w = q.shape[2], q.shape[3]
-    rows, cols = _window_index(h, window[0]), _window_index(w, window[1])
+    b, h, w = q.shape[0], q.shape[2], q.shape[3]
+    rows, cols = _window_index(h, window[0], q.device), _window_index(w, window[1], q.device)
     m1, k1 = rows.shape[0], rows.shape[1]
     m2, k2 = cols.shape[0], cols.shape[1]
 
@@ -154,11 +150,11 @@ def _traceable_tlc_class() -> type:
 def _pool_matrix(length: Tensor | int, bins: int, like: Tensor) -> Tensor:
     """``bins × length`` averaging matrix of ``AdaptiveAvgPool`` along one axis: bin ``i``
     averages ``[⌊i·n/bins⌋, ⌈(i+1)·n/bins⌉)``, PyTorch's bins."""
-    n = torch.as_tensor(length)
-    i = torch.arange(bins)
+    n = torch.as_tensor(length, device=like.device)
+    i = torch.arange(bins, device=like.device)
     start = torch.div(i * n, bins, rounding_mode="floor")
     end = torch.div((i + 1) * n + bins - 1, bins, rounding_mode="floor")
-    y = torch.arange(n)
+    y = torch.arange(n, device=like.device)
     inside = (y[None, :] >= start[:, None]) & (y[None, :] < end[:, None])
     return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
 
@@ -317,7 +313,8 @@ def _write(wrapper: nn.Module, example: Tensor, path: Path, format: str, opset: 
 
 def _runner(path: Path, format: str) -> Callable[[Tensor], Tensor]:
     if format == "torchscript":
-        loaded = torch.jit.load(str(path), map_location="cpu")
+        with _quiet():
+            loaded = torch.jit.load(str(path), map_location="cpu")
 
         def run(x: Tensor) -> Tensor:
             with torch.no_grad():
@@ -445,6 +442,10 @@ def export_module(module: Any, out: str | os.PathLike, format: str = "onnx", *,
     net = module.active_net()
     device = next(module.parameters()).device
     pad = int(getattr(net, "pad_multiple", 0) or 0)
+    if not pad:
+        raise ExportError(f"{type(net).__name__}: the checkpoint sets net.pad_multiple=0, so the "
+                          "network takes only multiples of 8 and its graph could not take any "
+                          "H×W; re-save it with net.pad_multiple=8 (padding adds no weights)")
     if pad and (th % pad == 0 or tw % pad == 0):
         raise ConfigError(f"trace_size={[th, tw]}; expected sizes that are not multiples of the "
                           f"model's pad multiple {pad} (the trace must take the padding path)")
@@ -496,7 +497,9 @@ def export_module(module: Any, out: str | os.PathLike, format: str = "onnx", *,
         "out_channels": out_ch,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
-        "layout": "B×C×H×W float32, normalised to [0, 1] with the task's window (normalisation)",
+        "layout": "BxCxHxW float32 in [0, 1], the model's channels; output the same",
+        "normalise": "x = (clip(v, low, high) - low) / (high - low) with the task's window in "
+                     "'normalisation'; back: v = x * (high - low) + low",
         "dynamic_axes": {"batch": bool(dynamic_batch), "height": True, "width": True},
         "batch": None if dynamic_batch else batch,
         "min_size": pad or 1,
