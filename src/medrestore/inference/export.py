@@ -419,8 +419,9 @@ def _tlc_size(net: nn.Module, sizes: Sequence[tuple[int, int]], trace: tuple[int
     traced = counts(trace)
     if any(all(c > max(t, 1) for c, t in zip(counts(s), traced)) for s in sizes):
         return None
-    # (t)·window + a few pixels: one window more than traced; odd so it is also padded
-    return tuple(max(t, 1) * k + 3 + (max(t, 1) * k) % 2 for t, k in zip(traced, win))  # type: ignore[return-value]
+    # just above t·window: one window more than traced; odd, so the input is padded too
+    above = [max(t, 1) * k for t, k in zip(traced, win)]
+    return above[0] + 3 + above[0] % 2, above[1] + 3 + above[1] % 2
 
 
 def export_module(module: Any, out: str | os.PathLike, format: str = "onnx", *,
