@@ -121,6 +121,11 @@ class RestorationModule(L.LightningModule):
             property: not saved in checkpoints.
     """
 
+    #: True for families whose network is conditioned on the task (a prompt chosen by task
+    #: id): ``Restorer.restore(task=None)`` then refuses with the choices. Blind families
+    #: (Restormer, TAT, DATPRL-IR) infer the degradation from the image.
+    needs_task: bool = False
+
     def __init__(self, net: Mapping[str, Any], optimizer: Mapping[str, Any] | None = None,
                  scheduler: Mapping[str, Any] | None = None, scheduler_interval: str = "step",
                  loss: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
