@@ -442,8 +442,8 @@ def simulate_batch(name: str, gt: torch.Tensor, *, gens: Sequence[torch.Generato
                           f"{', '.join(BATCHED)}")
     kwargs = _resolve(get_simulator(name), params)
     kwargs.pop("spacing", None)
-    x = _as_bchw(gt, name)
     try:
+        x = _as_bchw(gt, name)
         sizes = _pixel_sizes(spacing, x.shape[0])
         return BATCHED[name](x, gens, sizes, **kwargs)
     except ValueError as exc:   # operators validate with ValueError, like the numpy path

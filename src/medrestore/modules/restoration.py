@@ -19,6 +19,9 @@ Hyper-parameters are plain dicts (``net``, ``optimizer``, ``scheduler``, ``loss`
 ``metrics``, ``ema``) saved into every checkpoint, so ``load_from_checkpoint(path)`` alone
 rebuilds the model.
 
+``on_after_batch_transfer`` fills the ``lq`` of clean-only crops whose simulation the loader left
+to the device (``data.degrade_on=device``, :func:`medrestore.datasets.pairs.degrade_on_device`).
+
 EMA (``ema: {decay, power, inv_gamma, update_after_step, update_every}``): an exponential moving
 average of the network's weights (``net_ema``, saved in checkpoints) with the warm-up of the
 ``ema_pytorch`` package that TAT uses — decay ``min(decay, 1 − (1 + k/inv_gamma)^−power)`` at
@@ -267,6 +270,13 @@ class RestorationModule(L.LightningModule):
             pred, aux = out
             return pred, dict(aux)
         return out, {}
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Degrade, batched on this device, the clean-only crops the loader deferred
+        (``data.degrade_on=device``); other batches pass through untouched."""
+        from medrestore.datasets.pairs import degrade_on_device
+
+        return degrade_on_device(super().on_after_batch_transfer(batch, dataloader_idx))
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         pred, aux = self.restore(batch)
