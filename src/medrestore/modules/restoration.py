@@ -33,6 +33,7 @@ checkpoint is picked by the EMA model's score.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Mapping
 
 import lightning as L
@@ -45,6 +46,11 @@ from medrestore.metrics.aggregate import PerTaskMean, summarise
 from medrestore.metrics.protocols import METRIC_NAMES, protocol_for
 from medrestore.registry import TASKS, build_arch
 from medrestore.sample import adapt_channels, to_native_channels
+
+# Lightning warns on every fit that the module's on_after_batch_transfer is used although a
+# DataModule is passed; that is intended here (the module owns the device-side degradation)
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in "
+                        r"`LightningModule` but have passed in a `LightningDataModule`")
 
 STAGES = ("val", "test")
 #: checkpoint keys of the self-describing part (plain containers; read back with
