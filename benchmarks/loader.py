@@ -1,7 +1,7 @@
 """Training-loader throughput beside the model's consumption, measured in one run.
 
     python benchmarks/loader.py [--arch restormer] [--batch 4] [--patches 200] [--workers 2]
-                                [--sim-batch 16] [--only-medical]
+                                [--sim-batch 16] [--appetite SAMPLES_PER_S] [--only-medical]
 
 Builds a temporary shard from real photographs shipped with scikit-image (512², physical
 uint8 storage, lzf chunks, like the converters write), then measures **128² patches per second
@@ -19,7 +19,9 @@ batched torch simulator (``degrade_on_device`` on batches of ``--sim-batch``) on
 thread** (per core, the figure comparable with the numpy worker) and on the GPU when there is
 one; "per core" combines both parts on one core, and the speed-up is that over the numpy
 worker path. The one-off operator build (CT: sparse projector / back-projector per crop size)
-is timed separately.
+is timed separately. ``cores`` columns: CPU cores that simulator alone needs to feed the
+trainer's appetite (``--appetite``, e.g. a GPU rate from ``tat_bench.py``; default the model step
+measured here).
 
 Then a DataLoader with ``--workers`` processes over the denoising rows (stored pairs and
 clean-only rows with on-the-fly noise, half each), and finally the model's
@@ -191,6 +193,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--images", type=int, default=6)
     p.add_argument("--sim-batch", type=int, default=16, help="batch of the batched torch simulators")
+    p.add_argument("--appetite", type=float, default=None,
+                   help="samples/s the trainer consumes, e.g. measured by tat_bench.py on the GPU "
+                        "(default: the --arch training step measured here); sets the cores columns")
     p.add_argument("--only-medical", action="store_true",
                    help="skip the natural-image cases and the DataLoader (medical simulators + model)")
     a = p.parse_args()
@@ -238,23 +243,26 @@ def main() -> None:
         print(f"{'loader case':<34} {'patches/s/worker':>17} {'÷ model':>9}")
         for name, r in rates.items():
             print(f"{name:<34} {r:17.1f} {r / model:8.1f}x")
+    appetite = a.appetite or model
     print(f"\non-the-fly medical simulators, {PATCH}² patches, patches/s (CPU columns on 1 thread; "
           f"torch batch {a.sim_batch}):")
     head = (f"{'simulator':<15} {'numpy worker':>12} {'torch sim':>10} {'worker part':>11} "
-            f"{'torch/core':>10} {'speed-up':>8} {'÷ model':>8} {'build s':>7}")
+            f"{'torch/core':>10} {'speed-up':>8} {'build s':>7} {'cores numpy':>11} {'cores torch':>11}")
     if cuda is not None:
         head += f" {'GPU sim':>9} {'GPU build':>9}"
     print(head)
     for sim, (numpy_rate, dev) in medical.items():
         per_core = 1.0 / (1.0 / dev["worker"] + 1.0 / dev["cpu"])
         line = (f"{sim:<15} {numpy_rate:12.1f} {dev['cpu']:10.1f} {dev['worker']:11.1f} {per_core:10.1f} "
-                f"{per_core / numpy_rate:7.1f}x {per_core / model:7.1f}x {dev['build:cpu']:7.1f}")
+                f"{per_core / numpy_rate:7.1f}x {dev['build:cpu']:7.1f} {appetite / numpy_rate:11.2f} "
+                f"{appetite / per_core:11.2f}")
         if cuda is not None:
             line += f" {dev['cuda']:9.0f} {dev['build:cuda']:9.1f}"
         print(line)
     print("numpy worker: read + crop + simulate + augment in one worker; torch sim: degrade_on_device "
           "alone; worker part: the same worker without the simulation; torch/core: both on one core; "
-          "speed-up = torch/core ÷ numpy worker; ÷ model = torch/core ÷ model samples/s")
+          f"speed-up = torch/core ÷ numpy worker; cores = CPU cores needed to feed {appetite:.1f} "
+          f"samples/s ({'--appetite' if a.appetite else 'the model step above'}) with that simulator alone")
     if dl is not None:
         label = f"DataLoader {a.workers} workers (denoise mix)"
         print(f"{label:<34} {dl:17.1f} {dl / model:8.1f}x   (all workers; stored + on-the-fly noise)")

@@ -140,3 +140,15 @@ def test_training_runs_with_degrade_on_device(shard):
 def test_degrade_on_is_checked():
     with pytest.raises(ConfigError, match=r"data.degrade_on='gpu'; expected one of worker, device"):
         MultiTaskDataModule(["x.h5"], degrade_on="gpu")
+
+
+@pytest.mark.parametrize("data", ["demo", "tat", "datprl_9task"])
+def test_every_data_config_has_the_option(tmp_path, shard, data):
+    from hydra.utils import instantiate
+    from conftest import compose
+
+    cfg = compose("train", [f"data={data}", f"data.sets=[{shard}]", "data.weights=null",
+                            "data.text_cache=null", "data.degrade_on=device"], tmp_path)
+    dm = instantiate(cfg.data)
+    assert dm.degrade_on == "device"
+    assert compose("train", [f"data={data}"], tmp_path).data.degrade_on == "worker"

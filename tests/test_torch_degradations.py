@@ -170,3 +170,17 @@ def test_bad_inputs_are_one_line_errors():
         T.simulate_batch("pet_low_count", torch.full((1, 1, 4, 4), float("nan")), gens=T.generators([0]))
     with pytest.raises(ValueError, match="degradations in the data-loader workers|data.degrade_on=worker"):
         T.ct_operators(4096, 8000)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    hu, _ = _phantom()
+    x = torch.from_numpy(hu).float()[None, None].repeat(2, 1, 1, 1)
+    cpu = T.fbp_roundtrip(x)
+    gpu = T.fbp_roundtrip(x.cuda()).cpu()
+    assert (gpu - cpu).abs().max() < 0.05
+    seeds = [T.torch_seed(0, 1), T.torch_seed(0, 2)]
+    for name in sorted(T.BATCHED):
+        a = T.simulate_batch(name, x.cuda() + 1000, gens=T.generators(seeds, "cuda"))
+        b = T.simulate_batch(name, x.cuda() + 1000, gens=T.generators(seeds, "cuda"))
+        assert a.is_cuda and torch.equal(a, b) and torch.isfinite(a).all()
