@@ -31,7 +31,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from medrestore.datasets.pairs import ShardPairs, TrainPatches, load_sets, normalise_sets
+from medrestore.datasets.pairs import (ShardPairs, TrainPatches, check_degrade_on, load_sets,
+                                      normalise_sets)
 from medrestore.datasets.samplers import BalancedBatchSampler, StridedEvalSampler, group_rows
 from medrestore.errors import ConfigError
 from medrestore.sample import collate_samples
@@ -118,6 +119,11 @@ class MultiTaskDataModule(L.LightningDataModule):
         text_dim: the embedding width expected of the cache (error if it differs); ``None``
             accepts the cache's. ``dm.text_dim`` reports the cache's width for models to check
             with :func:`medrestore.io.textcache.check_text_width`.
+        degrade_on: where clean-only training crops are degraded: ``worker`` (numpy, in the
+            loader workers; every simulator) or ``device`` (CT / MRI k-space / PET simulators
+            batched in torch on the training device after transfer, by
+            ``RestorationModule.on_after_batch_transfer``; other simulators stay in the
+            workers). See :mod:`medrestore.datasets.pairs`.
     """
 
     def __init__(self, sets: Any, tasks: Sequence[str] | None = None, patch_size: int = 128,
@@ -127,7 +133,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                  pin_memory: bool = False, val_batch_size: int = 1, test_batch_size: int = 1,
                  seed: int = 0, val_split: str = "val", test_split: str = "test",
                  predict_split: str = "test", text_cache: str | os.PathLike | None = None,
-                 text_dim: int | None = None, pad_small: bool = False) -> None:
+                 text_dim: int | None = None, pad_small: bool = False,
+                 degrade_on: str = "worker") -> None:
         super().__init__()
         for name, value, low in (("patch_size", patch_size, 1), ("batch_size", batch_size, 1),
                                  ("samples_per_epoch", samples_per_epoch, 1),
@@ -150,6 +157,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
         self.val_batch_size, self.test_batch_size = int(val_batch_size), int(test_batch_size)
         self.seed, self.pad_small = int(seed), bool(pad_small)
+        self.degrade_on = check_degrade_on(degrade_on)
         self.splits = {"val": val_split, "test": test_split, "predict": predict_split}
         self.batch_size_per_device = self.batch_size
         self._sets: dict[str, Any] = {}
@@ -208,7 +216,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             self._sets["train"] = TrainPatches(rows, self.patch_size, augment=self.augment,
                                                seed=self.seed, upsample_lq=self.upsample_lq,
                                                text_cache=self.text_cache(),
-                                               pad_small=self.pad_small)
+                                               pad_small=self.pad_small,
+                                               degrade_on=self.degrade_on)
         for name, needed in (("val", stage in (None, "fit", "validate")),
                              ("test", stage in (None, "test")),
                              ("predict", stage in (None, "predict"))):

@@ -15,6 +15,18 @@ MATLAB-compatible bicubic (networks are scale-1), and a clean-only sample is deg
 named simulator. Crops are scale-aware: the GT window is aligned to the scale and the matching
 LR window is read, so no pixel is resampled twice.
 
+**Degrading on the training device** (``degrade_on="device"``): a clean-only crop whose
+simulator has a batched torch version (CT, MRI k-space, PET; see
+:data:`medrestore.degradations.torch_ops.BATCHED`) is not degraded in the worker. The worker
+only crops and augments it, fills ``lq`` with NaN (so a forgotten device step fails loudly as a
+non-finite input) and adds ``meta["device_degrade"] = {simulator, params, seed}``: the
+simulator's checked parameters and a torch seed derived from ``(seed, draw)``. After the batch
+reaches the device, :func:`degrade_on_device` (called by
+``RestorationModule.on_after_batch_transfer``) builds those ``lq`` in one batched call per
+simulator. Other simulators still run in the worker. The simulation then starts from the
+window-clipped, augmented ``gt`` (the worker path uses the stored, unclipped crop before
+augmentation), which changes nothing where the clean image lies inside its window.
+
 Datasets store only paths and manifest rows; HDF5 files are opened lazily in the process that
 reads them (keyed by pid, so a forked DataLoader worker never reuses its parent's handle).
 
@@ -26,6 +38,7 @@ naming the key and the cache. Only the cache file is read: no captioner or encod
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -186,6 +199,65 @@ def _sample_meta(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return meta
 
 
+#: Where clean-only crops are degraded: in the data-loader workers (numpy, every simulator) or
+#: on the training device after transfer (batched torch, the simulators that have a version).
+DEGRADE_ON = ("worker", "device")
+#: The ``meta`` entry that asks the device to degrade a sample.
+DEVICE_DEGRADE = "device_degrade"
+
+
+def check_degrade_on(value: Any) -> str:
+    if value not in DEGRADE_ON:
+        raise ConfigError(f"data.degrade_on={value!r}; expected one of {', '.join(DEGRADE_ON)}")
+    return str(value)
+
+
+def _device_params(attrs: Mapping[str, Any], seed: int, draw: int) -> dict[str, Any] | None:
+    """The parameter dict of a clean-only crop whose simulator runs batched on the device, or
+    ``None`` when it has no batched version (then the worker degrades it)."""
+    from medrestore.degradations import torch_ops
+
+    sim = attrs["meta"].get("simulator") or {}
+    if sim.get("name") not in torch_ops.BATCHED:
+        return None
+    return {"simulator": sim["name"], "params": torch_ops.resolved_params(sim["name"], sim.get("params")),
+            "seed": torch_ops.torch_seed(seed, draw)}
+
+
+def degrade_on_device(batch: Any) -> Any:
+    """Fill the ``lq`` of the samples marked ``meta["device_degrade"]`` (see the module
+    docstring) on the batch's device: one batched simulator call per (simulator, parameters,
+    channels) group. Batches without marked samples are returned untouched."""
+    metas = batch.get("meta") if isinstance(batch, Mapping) else None
+    if not isinstance(metas, (list, tuple)):
+        return batch
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    for i, m in enumerate(metas):
+        d = m.get(DEVICE_DEGRADE) if isinstance(m, Mapping) else None
+        if d is not None:
+            c = int(batch["channels"][i]) if "channels" in batch else int(batch["gt"].shape[1])
+            groups.setdefault((d["simulator"], json.dumps(d["params"], sort_keys=True), c), []).append(i)
+    if not groups:
+        return batch
+    from medrestore.degradations.torch_ops import generators, simulate_batch
+    from medrestore.sample import Normalisation
+
+    gt = batch["gt"]
+    lq = batch["lq"].clone()
+    for (name, _, c), idx in groups.items():
+        norms = [Normalisation.from_dict(metas[i]["normalisation"]) for i in idx]
+        low = gt.new_tensor([n.low for n in norms]).view(-1, 1, 1, 1)
+        width = gt.new_tensor([n.width for n in norms]).view(-1, 1, 1, 1)
+        sel = torch.tensor(idx, device=gt.device)
+        phys = gt[sel, :c].clamp(0.0, 1.0) * width + low
+        out = simulate_batch(name, phys, gens=generators([metas[i][DEVICE_DEGRADE]["seed"] for i in idx], gt.device),
+                             spacing=[metas[i].get("spacing") for i in idx],
+                             **metas[idx[0]][DEVICE_DEGRADE]["params"])
+        unit = ((out - low) / width).clamp(0.0, 1.0).to(lq.dtype)
+        lq[sel] = unit.expand(-1, lq.shape[1], -1, -1) if c != lq.shape[1] else unit
+    return {**batch, "lq": lq}
+
+
 class ShardPairs(Dataset):
     """Full-image samples of one or more splits (validation, test, predict).
 
@@ -232,12 +304,15 @@ class TrainPatches(Dataset):
     larger than the smallest training image is an error naming that image, unless
     ``pad_small`` is set: then crops of smaller images are reflect-padded (both alike) up to the
     patch. ``augment`` adds a random rot90 and horizontal flip (the BasicSR/DATPRL
-    augmentation). ``text_cache`` adds ``text_emb`` (see the module docstring)."""
+    augmentation). ``text_cache`` adds ``text_emb`` (see the module docstring).
+    ``degrade_on="device"`` defers the simulators that have a batched torch version to the
+    training device (see the module docstring)."""
 
     def __init__(self, rows: Sequence[Mapping[str, Any]], patch_size: int, augment: bool = False,
                  seed: int = 0, upsample_lq: bool = True, text_cache: Any = None,
-                 pad_small: bool = False) -> None:
+                 pad_small: bool = False, degrade_on: str = "worker") -> None:
         self.rows = list(rows)
+        self.degrade_on = check_degrade_on(degrade_on)
         self.patch_size, self.augment, self.seed = int(patch_size), augment, int(seed)
         self.upsample_lq = upsample_lq
         if self.patch_size < 1:
@@ -274,13 +349,22 @@ class TrainPatches(Dataset):
         top = int(rng.integers((h - ph) // s + 1)) * s
         left = int(rng.integers((w - pw) // s + 1)) * s
         lq, gt, attrs = read_pair(self.reader.file(row["shard"]), row["id"], (top, left, ph, pw))
-        lq_u, gt_u = pair_to_unit(lq, gt, attrs, rng=rng, upsample_lq=self.upsample_lq)
+        deferred = None
+        if lq is None and self.degrade_on == "device":
+            deferred = _device_params(attrs, self.seed, int(draw))
+        if deferred is None:
+            lq_u, gt_u = pair_to_unit(lq, gt, attrs, rng=rng, upsample_lq=self.upsample_lq)
+        else:   # the device fills lq (degrade_on_device); NaN until then
+            gt_u = to_unit(gt, attrs["storage"], attrs["meta"])
+            lq_u = np.full_like(gt_u, np.nan)
         if (ph, pw) != (p, p):  # image smaller than the patch: reflect-pad both alike
             lq_u, gt_u = _pad_to(lq_u, gt_u, p, s)
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             lq_u, gt_u = (_rot_flip(a, k, flip) for a in (lq_u, gt_u))
         meta = _sample_meta(attrs)
+        if deferred is not None:
+            meta[DEVICE_DEGRADE] = deferred
         lq_t = torch.from_numpy(np.ascontiguousarray(lq_u))
         gt_t = torch.from_numpy(np.ascontiguousarray(gt_u))
         if lq_t.shape[-2:] != gt_t.shape[-2:]:

@@ -1,4 +1,4 @@
-"""Physically motivated degradation operators (numpy in, numpy out).
+"""Physically motivated degradation operators (numpy in, numpy out; ``torch_ops``: torch).
 
 Every random operator takes an explicit ``rng`` (a :class:`numpy.random.Generator`); use
 :func:`medrestore.degradations.rng.keyed_rng` so that one image key and one seed always give
@@ -23,6 +23,10 @@ Modules (import the one you need; nothing heavy is imported here):
 - :mod:`~medrestore.degradations.mri` -- ``kspace_truncate`` (central k-space crop, zero-fill,
   magnitude), ``downsample`` (k-space or bicubic, optional Rician noise), ``rician_noise``.
 - :mod:`~medrestore.degradations.pet` -- ``low_count_pet`` (Poisson thinning of emission counts).
+- :mod:`~medrestore.degradations.torch_ops` -- the CT, MRI k-space and PET simulators batched
+  in torch on any device (``simulate_batch``; CT as scikit-image's exact radon / iradon
+  geometry in sparse operators), seeded per sample with ``torch_seed(seed, draw)``; what
+  ``data.degrade_on=device`` runs after the batch reaches the training device.
 - :mod:`~medrestore.degradations.natural` -- ``bicubic_down_up`` (torch bicubic, used by the
   demo data), ``gaussian_noise``, ``rain_streaks``, ``motion_blur``, ``haze``.
 - :mod:`~medrestore.degradations.remote_sensing` -- ``cloud_overlay`` (thin clouds over a cloud

@@ -19,6 +19,9 @@ Hyper-parameters are plain dicts (``net``, ``optimizer``, ``scheduler``, ``loss`
 ``metrics``, ``ema``) saved into every checkpoint, so ``load_from_checkpoint(path)`` alone
 rebuilds the model.
 
+``on_after_batch_transfer`` fills the ``lq`` of clean-only crops whose simulation the loader left
+to the device (``data.degrade_on=device``, :func:`medrestore.datasets.pairs.degrade_on_device`).
+
 EMA (``ema: {decay, power, inv_gamma, update_after_step, update_every}``): an exponential moving
 average of the network's weights (``net_ema``, saved in checkpoints) with the warm-up of the
 ``ema_pytorch`` package that TAT uses — decay ``min(decay, 1 − (1 + k/inv_gamma)^−power)`` at
@@ -30,6 +33,7 @@ checkpoint is picked by the EMA model's score.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Mapping
 
 import lightning as L
@@ -42,6 +46,11 @@ from medrestore.metrics.aggregate import PerTaskMean, summarise
 from medrestore.metrics.protocols import METRIC_NAMES, protocol_for
 from medrestore.registry import TASKS, build_arch
 from medrestore.sample import adapt_channels, to_native_channels
+
+# Lightning warns on every fit that the module's on_after_batch_transfer is used although a
+# DataModule is passed; that is intended here (the module owns the device-side degradation)
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in "
+                        r"`LightningModule` but have passed in a `LightningDataModule`")
 
 STAGES = ("val", "test")
 #: checkpoint keys of the self-describing part (plain containers; read back with
@@ -272,6 +281,13 @@ class RestorationModule(L.LightningModule):
             pred, aux = out
             return pred, dict(aux)
         return out, {}
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Degrade, batched on this device, the clean-only crops the loader deferred
+        (``data.degrade_on=device``); other batches pass through untouched."""
+        from medrestore.datasets.pairs import degrade_on_device
+
+        return degrade_on_device(super().on_after_batch_transfer(batch, dataloader_idx))
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         pred, aux = self.restore(batch)
