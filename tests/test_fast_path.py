@@ -146,7 +146,9 @@ def test_full_size_fast_path_matches(arch: str) -> None:
     x = torch.rand(1, c, 64, 64)
     ref.train(), fast.train()
     y_ref, y_fast = _run(ref, x), _run(fast, x)
-    assert (y_ref - y_fast).abs().max().item() <= OUT_TOL
+    # Random full-size weights give outputs of a few units: the tolerance scales with them.
+    tol = OUT_TOL * max(1.0, y_ref.abs().max().item())
+    assert (y_ref - y_fast).abs().max().item() <= tol
     y_ref.abs().mean().backward()
     y_fast.abs().mean().backward()
     _assert_grads_close(_grads(ref), _grads(fast))
