@@ -17,9 +17,12 @@ in training mode at 128² (batch 2; the same seed before each network, so DATPRL
 noise and dropout draw the same numbers) for the output and for the gradient of an L1 loss
 (max |Δg| over all parameters relative to the largest |g|).
 
-Tolerances (exit status 1 past them): the reference path must match to 1e-6 (it is the
-authors' op sequence; 0 is expected); the fast path reorders float sums, so outputs must
-match to 1e-5 × max(1, max |y|) and gradients to 1e-4 relative.
+Tolerances (exit status 1 past them): the reference path's outputs must match to
+1e-6 × max(1, max |y|) (it is the authors' op sequence; 0 is expected) and its gradients to 1e-5
+relative (the forward is identical, but autograd sums the gradients of TAT's shared generated
+kernels over a level's blocks in its own order, so float sums differ by a few ulps × blocks); the
+fast path reorders float sums in the forward too, so outputs must match to
+1e-5 × max(1, max |y|) and gradients to 1e-4 relative.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any, Callable
 
 REPOS = {"tat": "https://github.com/Yaziwel/TAT", "datprl": "https://github.com/GuangluDong0728/DATPRL-IR"}
 EVAL_SIZES = ((128, 128), (256, 256), (192, 400))
-TOL = {"reference": (1e-6, 1e-6), "fast": (1e-5, 1e-4)}  # (outputs × max(1, |y|), gradients)
+TOL = {"reference": (1e-6, 1e-5), "fast": (1e-5, 1e-4)}  # (outputs × max(1, |y|), gradients)
 
 
 def _usage() -> str:
@@ -155,8 +158,10 @@ def check_family(family: str, theirs_cls: Callable[[], Any], channels: int,
             print(f"{family} {impl}: gradients for different parameters: {sorted(missing)[:5]}")
             ok = False
             continue
-        d = max((g[n] - g_ref[n]).abs().max().item() for n in g_ref) / g_scale
+        worst = max(g_ref, key=lambda n: (g[n] - g_ref[n]).abs().max().item())
+        d = (g[worst] - g_ref[worst]).abs().max().item() / g_scale
         report(f"train {train_batch}x{channels}x128² grad", impl, d, 1.0, True)
+        print(f"{'':17s}(largest in {worst})")
     return ok
 
 
@@ -179,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     print(f"torch={torch.__version__} threads={torch.get_num_threads()}; reference path: "
-          f"tolerance {TOL['reference'][0]:g}; fast path: outputs {TOL['fast'][0]:g} x max(1, |y|), "
-          f"gradients {TOL['fast'][1]:g} relative", flush=True)
+          f"outputs {TOL['reference'][0]:g} x max(1, |y|), gradients {TOL['reference'][1]:g} "
+          f"relative; fast path: outputs {TOL['fast'][0]:g} x max(1, |y|), gradients "
+          f"{TOL['fast'][1]:g} relative", flush=True)
     ok = True
     if a.tat_repo is not None:
         ok &= check_family("tat", authors_tat(a.tat_repo), 1, a.train_batch)
