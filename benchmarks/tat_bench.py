@@ -233,7 +233,8 @@ def compare_impls(arch: str, variants: list[str], repo: str | None, train_batche
     baseline = "authors" if repo else ("reference" if "reference" in names else names[0])
     gpu = device.startswith("cuda")
     peak_tflops = peak_tflops or (_default_peak_tflops() if gpu else None)
-    jobs = [("train", b, size) for b in train_batches] + [("infer", 1, infer_size)]
+    jobs = [("train", b, size) for b in train_batches] + ([("infer", 1, infer_size)]
+                                                           if infer_size else [])
     rows: dict[tuple, dict] = {}
     for kind, batch, sz in jobs:
         for name in names:
@@ -355,7 +356,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--steps", type=int, default=3, help="timed training steps")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--infer-size", type=int, default=512)
+    p.add_argument("--infer-size", type=int, default=512, help="0 skips inference (--impl mode)")
     p.add_argument("--infer-batches", type=int, nargs="*", default=[1, 2])
     p.add_argument("--infer-steps", type=int, default=1)
     p.add_argument("--flops-size", type=int, default=128, help="0 skips the FLOP count")

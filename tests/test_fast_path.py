@@ -152,3 +152,30 @@ def test_full_size_fast_path_matches(arch: str) -> None:
     y_ref.abs().mean().backward()
     y_fast.abs().mean().backward()
     _assert_grads_close(_grads(ref), _grads(fast))
+
+
+@pytest.mark.parametrize("shape,window", [((1, 8, 50, 37), (20, 16)), ((3, 8, 17, 40), (12, 12)),
+                                          ((2, 4, 24, 24), (24, 30))])
+def test_region_tlc_equals_window_cutting(shape: tuple, window: tuple) -> None:
+    from medrestore.models.layers.restormer import MDTA
+    from medrestore.models.layers.tlc import region_windowed_attend, windowed_attend
+
+    torch.manual_seed(0)
+    mdta = MDTA(shape[1], num_heads=2)
+    with torch.no_grad():
+        mdta.temperature.uniform_(0.5, 2.0)
+    q, k, v = (torch.randn(shape) for _ in range(3))
+    expected = windowed_attend(mdta.attend, q, k, v, window)
+    got = region_windowed_attend(q, k, v, window, mdta.num_heads, mdta.temperature)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_tlc_in_training_gradients_match() -> None:
+    """``tlc=True`` windows in training too: the region form's gradients equal the windows'."""
+    ref, fast, c = _pair("tat_tiny", tlc=True)
+    x = torch.rand(2, c, 96, 80)
+    y_ref, y_fast = _run(ref.train(), x), _run(fast.train(), x)
+    assert (y_ref - y_fast).abs().max().item() <= OUT_TOL
+    y_ref.square().mean().backward()
+    y_fast.square().mean().backward()
+    _assert_grads_close(_grads(ref), _grads(fast))
