@@ -265,7 +265,11 @@ class Restormer(nn.Module):
         the down-sampled level-3 output that feeds the latent stage.
         """
         # The fast path switches to channels-last once; convs, norms, shuffles and cats keep it.
+        # The embedding's output is converted too: a 1-channel input is NCHW and channels-last
+        # at once, and the convolution then returns NCHW.
         emb = self.patch_embed(to_channels_last(x) if self.impl == "fast" else x)
+        if self.impl == "fast":
+            emb = to_channels_last(emb)
         enc1 = self.run_stage("encoder_level1", emb)
         enc2 = self.run_stage("encoder_level2", self.down1_2(enc1))
         enc3 = self.run_stage("encoder_level3", self.down2_3(enc2))
