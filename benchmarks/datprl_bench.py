@@ -22,7 +22,12 @@ Every measurement runs in a fresh (spawned) process, so peaks do not mask each o
 the allocator peak of the timed steps (parameters, gradients, optimiser state and activations);
 on CPU the growth of the process's max RSS from before the model was built. Ratios are
 ``arch / compare`` from the same run, so they do not depend on the machine's absolute speed.
-Compared architectures that are not registered are listed as skipped. ``--amp`` runs the
+Compared architectures that are not registered are listed as skipped.
+
+``--impl`` / ``--reference-repo DIR`` (a checkout of GuangluDong0728/DATPRL-IR) switch to the
+implementation comparison of ``tat_bench.py``: ours-fast / ours-reference / the authors'
+``DualPromptRestormerv3``, training steps at ``--train-batches`` x 3 x ``--size``², inference at
+``--infer-size``², peaks and ratios, medians of ``--steps`` steps, all in one run. ``--amp`` runs the
 forward passes under bfloat16 autocast (the recipe trains with AMP on GPU).
 """
 
@@ -135,7 +140,25 @@ def main() -> None:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per measurement")
     p.add_argument("--flops-only", action="store_true", help="count FLOPs, skip the timings")
+    p.add_argument("--impl", nargs="*", default=None,
+                   help="variants to compare: fast, reference, fast+ckpt, fast-<piece>, ...+compile")
+    p.add_argument("--reference-repo", default=None,
+                   help="checkout of GuangluDong0728/DATPRL-IR: adds the authors' class")
+    p.add_argument("--train-batches", type=int, nargs="*", default=[1, 4])
+    p.add_argument("--peak-tflops", type=float, default=None, help="GPU peak for MFU (CUDA only)")
     a = p.parse_args()
+    if a.impl is not None or a.reference_repo:
+        from pathlib import Path
+
+        from tat_bench import compare_impls
+
+        if a.reference_repo and not Path(a.reference_repo).is_dir():
+            raise SystemExit(f"--reference-repo={a.reference_repo}: not a folder")
+        compare_impls(a.arch, a.impl or ["fast", "reference"], a.reference_repo,
+                      a.train_batches, a.size, a.infer_size, a.steps or 3,
+                      1 if a.warmup is None else a.warmup, a.threads or 0, a.device,
+                      a.peak_tflops)
+        return
     gpu = a.device.startswith("cuda")
     steps = a.steps if a.steps is not None else (20 if gpu else 1)
     warmup = a.warmup if a.warmup is not None else (5 if gpu else 1)

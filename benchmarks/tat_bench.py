@@ -15,6 +15,21 @@ Prints, per architecture:
 * inference at ``--infer-size``² (eval, no grad; TAT uses TLC windowed attention since the map
   differs from its 128² training size) for each batch in ``--infer-batches``.
 
+**Implementation paths and the authors' class** (``--impl`` and/or ``--reference-repo DIR``):
+
+    python benchmarks/tat_bench.py --impl fast reference --reference-repo DIR --threads 2
+
+measures, in one process tree, each variant of ``--impl`` (``fast``, ``reference``, and
+``fast+ckpt`` = fast with ``checkpoint_blocks``, ``fast-<piece>`` = fast with one piece of
+``medrestore.models.layers.restormer.FAST_PIECES`` off, ``+compile`` suffix = ``torch.compile``
+with eager fallback) and, with ``--reference-repo`` (a checkout of Yaziwel/TAT), the authors'
+``TAT`` class: training steps at ``--train-batches`` x C x ``--size``², inference at
+``--infer-size``² (batch 1: the authors' TLC asserts it), peak memory, and every variant's
+ratio to the authors' class (or to ``reference`` without a repo), medians of ``--steps`` steps.
+On CUDA the fast variants run with bfloat16 autocast, ``torch.compile`` and channels-last and the
+table adds MFU = 3 x forward FLOPs (``torch.utils.flop_counter``) / step time / ``--peak-tflops``.
+(The CUDA branch is written for GPUs; the numbers in the README come from the CPU.)
+
 Peak memory is the CUDA allocator peak on GPU; on CPU it is the growth of the process's max
 RSS, model included. Every measurement runs in its own fresh process, so CPU peaks do not
 hide behind an earlier, larger one. Ratios (``arch / compare``) are taken within the run, so
@@ -28,8 +43,14 @@ import multiprocessing as mp
 import os
 import resource
 import statistics
+import sys
 import time
+import warnings
+from pathlib import Path
 from typing import Any
+
+#: family -> (image channels, optimiser) of its recipe
+FAMILY_SETUP = {"tat": (1, "adamw"), "datprl": (3, "adam"), "restormer": (3, "adamw")}
 
 
 def _peak_mib(device: str, rss0: int) -> float:
@@ -51,6 +72,210 @@ def _build(arch: str, channels: int, device: str):
     from medrestore.registry import build_arch
 
     return build_arch(arch, in_channels=channels, out_channels=channels).to(device)
+
+
+def build_variant(arch: str, variant: str, channels: int, device: str,
+                  repo: str | None = None) -> Any:
+    """``authors`` (their class from ``repo``), ``reference``, ``fast``, ``fast+ckpt``,
+    ``fast-<piece>`` (one fast piece off), optionally ending in ``+compile``."""
+    from medrestore.models.layers import restormer as layers
+    from medrestore.registry import build_arch
+
+    base = variant.removesuffix("+compile")
+    family = arch.removesuffix("_tiny")
+    if base == "authors":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import reference_check
+
+        if family == "tat":
+            net = reference_check.authors_tat(Path(repo))(inp_channels=channels,
+                                                          out_channels=channels)
+        else:
+            net = reference_check.authors_datprl(Path(repo))(img_channel=channels)
+    else:
+        impl = "reference" if base == "reference" else "fast"
+        for piece in base.split("-")[1:]:
+            layers.FAST_PIECES[piece] = False  # this process only (fresh per measurement)
+        net = build_arch(arch, in_channels=channels, out_channels=channels, impl=impl,
+                         checkpoint_blocks=base.startswith("fast+ckpt"))
+    net = net.to(device)
+    if variant.endswith("+compile"):
+        net = _compiled(net)
+    return net
+
+
+def _compiled(net: Any) -> Any:
+    """``torch.compile`` with the same guard as ``model.compile`` in training: a failure at
+    compile or first call falls back to eager with a warning."""
+    import torch
+
+    try:
+        compiled = torch.compile(net)
+    except Exception as err:  # noqa: BLE001
+        warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); eager")
+        return net
+
+    def call(*args: Any) -> Any:
+        nonlocal compiled
+        try:
+            return compiled(*args)
+        except Exception as err:  # noqa: BLE001
+            warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); eager")
+            compiled = net
+            return net(*args)
+
+    call.parameters = net.parameters  # type: ignore[attr-defined]
+    call.train, call.eval = net.train, net.eval  # type: ignore[attr-defined]
+    return call
+
+
+def _variant_run(job: dict[str, Any]) -> dict[str, Any]:
+    """One variant, one measurement, in a fresh process (spawned)."""
+    import torch
+
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
+    device, kind, c = job["device"], job["kind"], job["channels"]
+    gpu = device.startswith("cuda")
+    torch.manual_seed(0)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    net = build_variant(job["arch"], job["variant"], c, device, job.get("repo"))
+    fast_gpu = gpu and job["variant"].startswith("fast")
+    if fast_gpu and not job["variant"].endswith("+compile"):
+        net = _compiled(net)  # on a GPU the fast path is measured compiled
+    x = torch.rand(job["batch"], c, job["size"], job["size"], device=device)
+    if fast_gpu:  # bf16-mixed + channels-last: what the fast path is meant for on a GPU
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast_gpu)
+    params = list(net.parameters())
+    result: dict[str, Any] = {"params": sum(p.numel() for p in params)}
+    if job.get("count_flops"):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net.train(kind == "train")
+            net(x)
+        result["fwd_flops"] = float(counter.get_total_flops())
+
+    def pred(out: Any) -> Any:
+        return out[0] if isinstance(out, tuple) else out
+
+    if kind == "train":
+        net.train()
+        opt_cls = torch.optim.AdamW if job["optimizer"] == "adamw" else torch.optim.Adam
+        opt = opt_cls(params, lr=2e-4, betas=(0.9, 0.99))
+        y = torch.rand_like(x)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                out = pred(net(x))
+            (out.float() - y).abs().mean().backward()
+            opt.step()
+    else:
+        net.eval()
+
+        def step() -> None:
+            with torch.no_grad(), autocast:
+                net(x)
+
+    for _ in range(job["warmup"]):
+        step()
+    _sync(device)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(job["steps"]):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    result.update(ms=1000 * statistics.median(times), min_ms=1000 * min(times),
+                  peak_mib=_peak_mib(device, rss0))
+    return result
+
+
+def _measure_variant(job: dict[str, Any]) -> dict[str, Any] | None:
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        try:
+            return pool.submit(_variant_run, job).result()
+        except BrokenProcessPool:
+            print(f"[killed] {job['variant']} {job['kind']} (out of memory?)", flush=True)
+            return None
+        except Exception as err:  # noqa: BLE001 - a variant that cannot run is reported
+            print(f"[failed] {job['variant']} {job['kind']}: {type(err).__name__}: {err}",
+                  flush=True)
+            return None
+
+
+def _default_peak_tflops() -> float | None:
+    """Dense bf16 peak of known GPUs (MFU denominator); ``None`` elsewhere."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, tflops in (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0)):
+        if key in name:
+            return tflops
+    return None
+
+
+def compare_impls(arch: str, variants: list[str], repo: str | None, train_batches: list[int],
+                  size: int, infer_size: int, steps: int, warmup: int, threads: int,
+                  device: str, peak_tflops: float | None = None) -> dict[tuple, dict]:
+    """Measure ``variants`` (and the authors' class when ``repo`` is given) in fresh processes
+    of one run and print times, peaks and ratios to the baseline (authors', else reference)."""
+    family = arch.removesuffix("_tiny")
+    channels, optimizer = FAMILY_SETUP[family]
+    names = list(variants) + (["authors"] if repo else [])
+    baseline = "authors" if repo else ("reference" if "reference" in names else names[0])
+    gpu = device.startswith("cuda")
+    peak_tflops = peak_tflops or (_default_peak_tflops() if gpu else None)
+    jobs = [("train", b, size) for b in train_batches] + ([("infer", 1, infer_size)]
+                                                           if infer_size else [])
+    rows: dict[tuple, dict] = {}
+    for kind, batch, sz in jobs:
+        for name in names:
+            job = dict(arch=arch, variant=name, repo=repo, channels=channels,
+                       optimizer=optimizer, kind=kind, batch=batch, size=sz, device=device,
+                       threads=threads, steps=steps, warmup=warmup,
+                       count_flops=bool(peak_tflops) and kind == "train")
+            r = _measure_variant(job)
+            if r is None:
+                continue
+            rows[(kind, batch, name)] = r
+            print(f"  {family} {name:>18s} {kind} {batch}x{channels}x{sz}²: "
+                  f"{r['ms']:10.1f} ms (min {r['min_ms']:.1f})  peak {r['peak_mib']:8.1f} MiB",
+                  flush=True)
+    print(f"\n{family}: median of {steps} steps after {warmup} warm-up, device={device}, "
+          f"threads={threads or 'default'}; ratios = {baseline} / variant (time: speed-up) and "
+          f"variant / {baseline} (memory)")
+    head = f"| case | {' | '.join(names)} |"
+    print(head)
+    print("|" + " --- |" * (len(names) + 1))
+    for kind, batch, sz in jobs:
+        base = rows.get((kind, batch, baseline))
+        cells, mem = [], []
+        for name in names:
+            r = rows.get((kind, batch, name))
+            if r is None:
+                cells.append("—"), mem.append("—")
+                continue
+            speed = f" ({base['ms'] / r['ms']:.2f}x)" if base else ""
+            cells.append(f"{r['ms'] / 1000:.2f} s{speed}")
+            ratio = f" ({r['peak_mib'] / max(base['peak_mib'], 1e-9):.2f}x)" if base else ""
+            mem.append(f"{r['peak_mib']:.0f} MiB{ratio}")
+            if peak_tflops and "fwd_flops" in r:
+                mfu = 3 * r["fwd_flops"] / (r["ms"] / 1000) / (peak_tflops * 1e12)
+                cells[-1] += f", MFU {100 * mfu:.1f}%"
+        label = f"{kind} {batch}x{channels}x{sz}²"
+        print(f"| {label} time | {' | '.join(cells)} |")
+        print(f"| {label} peak | {' | '.join(mem)} |")
+    return rows
 
 
 def _run(job: dict[str, Any]) -> dict[str, Any]:
@@ -133,13 +358,30 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--steps", type=int, default=3, help="timed training steps")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--infer-size", type=int, default=512)
+    p.add_argument("--infer-size", type=int, default=512, help="0 skips inference (--impl mode)")
     p.add_argument("--infer-batches", type=int, nargs="*", default=[1, 2])
     p.add_argument("--infer-steps", type=int, default=1)
     p.add_argument("--flops-size", type=int, default=128, help="0 skips the FLOP count")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--device", default=None)
+    p.add_argument("--impl", nargs="*", default=None,
+                   help="variants to compare: fast, reference, fast+ckpt, fast-<piece>, ...+compile")
+    p.add_argument("--reference-repo", default=None,
+                   help="checkout of the authors' repository (Yaziwel/TAT for tat): adds their class")
+    p.add_argument("--train-batches", type=int, nargs="*", default=[1, 4])
+    p.add_argument("--peak-tflops", type=float, default=None, help="GPU peak for MFU (CUDA only)")
     a = p.parse_args()
+    if a.impl is not None or a.reference_repo:
+        import torch
+
+        if a.reference_repo and not Path(a.reference_repo).is_dir():
+            raise SystemExit(f"--reference-repo={a.reference_repo}: not a folder")
+        compare_impls(a.arch, a.impl or ["fast", "reference"],
+                      a.reference_repo, a.train_batches, a.size, a.infer_size, a.steps,
+                      a.warmup, a.threads,
+                      a.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                      a.peak_tflops)
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")
     import torch

@@ -39,7 +39,7 @@ from medrestore.models.layers.prompts import (
     make_task_domain_fusion,
     task_query_projector,
 )
-from medrestore.models.layers.restormer import LayerNormType
+from medrestore.models.layers.restormer import Impl, LayerNormType
 
 __all__ = ["DATPRL", "PROMPTED_STAGES", "datprl", "datprl_tiny", "convert_official_state_dict"]
 
@@ -72,6 +72,9 @@ class DATPRL(Restormer):
             choice) is the one implemented.
         fusion_heads, fusion_dropout: the task/domain fusion attention (8, 0.1).
         selection_noise: std of the training-only noise on the selection scores (0.1).
+
+    Args (run options, as :class:`Restormer`): ``impl`` (``"reference"`` | ``"fast"``),
+    ``checkpoint_blocks``.
     """
 
     def __init__(
@@ -101,6 +104,8 @@ class DATPRL(Restormer):
         pad_multiple: int | None = 8,
         pad_mode: PadMode = "zeros",
         zero_init_output: bool = False,
+        impl: Impl = "reference",
+        checkpoint_blocks: bool = False,
     ) -> None:
         if fusion != "cross_attention":
             raise ConfigError(f"model.net.fusion={fusion!r}; expected 'cross_attention' (adaptive "
@@ -142,6 +147,8 @@ class DATPRL(Restormer):
             global_residual=global_residual,
             pad_multiple=pad_multiple,
             zero_init_output=zero_init_output,
+            impl=impl,
+            checkpoint_blocks=checkpoint_blocks,
         )
         # The authors call the latent stage ``latent_blocks``; re-register it under that name
         # so their checkpoints load without renaming.
@@ -169,6 +176,7 @@ class DATPRL(Restormer):
             self.prompt_cross_attention = attention
             self.prompt_fusion_norm = norm
             self.prompt_fusion_ffn = ffn
+        self.set_impl(impl)
 
     # ------------------------------------------------------------------ construction hooks
     def build_block(self, stage: str, dim: int, num_heads: int) -> nn.Module:
@@ -205,10 +213,9 @@ class DATPRL(Restormer):
     def run_stage(self, stage: str, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """Prompted stages feed every block the prompt (``cond``); the others ignore it."""
         blocks = self.stage_blocks(stage)
-        if stage not in PROMPTED_STAGES:
-            return blocks(x)
         for block in blocks:
-            x = block(x, cond)
+            x = (self.call_block(block, x) if stage not in PROMPTED_STAGES
+                 else self.call_block(block, x, cond))
         return x
 
     def compose_prompt(self, shallow: Tensor, deep: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -273,7 +280,7 @@ class DATPRL(Restormer):
         pred, aux = self.forward_padded(self.pad(lq))
         if pred.shape[-2:] != (h, w):
             pred = pred[..., :h, :w]
-        return pred, aux
+        return self.finish(pred), aux
 
 
 def datprl(**kwargs: Any) -> DATPRL:

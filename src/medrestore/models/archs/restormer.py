@@ -11,6 +11,12 @@ Differences from the reference (none change the maths at sizes it accepts):
 * the global residual is only added when ``in_channels == out_channels`` (the reference adds
   it unconditionally, which silently broadcasts or fails otherwise), and can be switched off.
 
+Two run options change speed and memory, never parameters, keys or (beyond float rounding)
+outputs: ``impl`` (``"reference"``: the authors' op sequence bit for bit; ``"fast"``:
+channels-last activations and fused layers, see :mod:`medrestore.models.layers.restormer`) and
+``checkpoint_blocks`` (activation checkpointing around every transformer block in training:
+activations inside a block are recomputed in the backward pass instead of stored).
+
 This class is also the shared U-Net skeleton of the families built on it (``TAT``, ``DATPRL``):
 a subclass keeps the module names, registration order and hence the state-dict layout, and
 overrides only hooks.
@@ -33,14 +39,19 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from medrestore.errors import ConfigError
 from medrestore.models.layers.restormer import (
     Downsample,
+    Impl,
     LayerNormType,
     OverlapPatchEmbed,
     TransformerBlock,
     Upsample,
+    check_impl,
+    set_impl,
+    to_channels_last,
 )
 
 __all__ = ["Restormer", "check_backbone_config", "restormer", "restormer_tiny", "pad_to_multiple"]
@@ -109,6 +120,11 @@ class Restormer(nn.Module):
             global residual returns its input (short CPU runs then only learn corrections).
             An initialisation choice, off by default (the reference uses PyTorch's default
             init); layers, parameters and outputs for given weights are unchanged.
+        impl: ``"reference"`` (the authors' ops, bit-identical outputs) or ``"fast"``
+            (channels-last, fused; equal up to float rounding). Switchable later with
+            :meth:`set_impl`.
+        checkpoint_blocks: recompute each transformer block's activations in the backward pass
+            (``torch.utils.checkpoint``) instead of storing them; training only, same gradients.
     """
 
     def __init__(
@@ -126,9 +142,16 @@ class Restormer(nn.Module):
         global_residual: bool = True,
         pad_multiple: int | None = 8,
         zero_init_output: bool = False,
+        impl: Impl = "reference",
+        checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
         check_backbone_config(dim, num_blocks, heads, layernorm_type, pad_multiple)
+        check_impl(impl)
+        if not isinstance(checkpoint_blocks, bool):
+            raise ConfigError(f"model.net.checkpoint_blocks={checkpoint_blocks!r}; expected "
+                              "true or false")
+        self.checkpoint_blocks = checkpoint_blocks
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.dim = dim
@@ -174,6 +197,24 @@ class Restormer(nn.Module):
             nn.init.zeros_(self.output.weight)
             if self.output.bias is not None:
                 nn.init.zeros_(self.output.bias)
+        self.set_impl(impl)
+
+    # ------------------------------------------------------------------ run options
+    def set_impl(self, impl: Impl) -> None:
+        """Select the implementation of every block (``"reference"`` or ``"fast"``).
+
+        A subclass that registers switchable modules after ``super().__init__`` calls this
+        again at the end of its own ``__init__``."""
+        set_impl(self, impl)
+        self.impl = impl
+
+    def call_block(self, block: nn.Module, x: Tensor, *args: Any) -> Tensor:
+        """``block(x, *args)``, checkpointed when ``checkpoint_blocks`` is on and a graph is
+        being recorded (non-reentrant, so kernels/prompts in ``args`` get their gradients and
+        the RNG state of dropout is replayed)."""
+        if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, *args, use_reentrant=False)
+        return block(x, *args)
 
     # ------------------------------------------------------------------ construction hooks
     def build_block(self, stage: str, dim: int, num_heads: int) -> nn.Module:
@@ -213,7 +254,9 @@ class Restormer(nn.Module):
         ``cond`` is a subclass's conditioning (generated kernels, prompts, ...), passed through
         unchanged by :meth:`decode_levels` / :meth:`decode`; plain Restormer has none.
         """
-        return getattr(self, stage)(x)
+        for block in getattr(self, stage):
+            x = self.call_block(block, x)
+        return x
 
     def encode(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """Embed and run encoder levels 1-3.
@@ -221,7 +264,12 @@ class Restormer(nn.Module):
         Returns ``([embedding, enc1, enc2, enc3], latent_input)`` where ``latent_input`` is
         the down-sampled level-3 output that feeds the latent stage.
         """
-        emb = self.patch_embed(x)
+        # The fast path switches to channels-last once; convs, norms, shuffles and cats keep it.
+        # The embedding's output is converted too: a 1-channel input is NCHW and channels-last
+        # at once, and the convolution then returns NCHW.
+        emb = self.patch_embed(to_channels_last(x) if self.impl == "fast" else x)
+        if self.impl == "fast":
+            emb = to_channels_last(emb)
         enc1 = self.run_stage("encoder_level1", emb)
         enc2 = self.run_stage("encoder_level2", self.down1_2(enc1))
         enc3 = self.run_stage("encoder_level3", self.down2_3(enc2))
@@ -256,10 +304,14 @@ class Restormer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.pad_multiple:
-            return self.forward_padded(x)
+            return self.finish(self.forward_padded(x))
         x_p, (h, w) = pad_to_multiple(x, self.pad_multiple)
         out = self.forward_padded(x_p)
-        return out if out.shape[-2:] == (h, w) else out[..., :h, :w]
+        return self.finish(out if out.shape[-2:] == (h, w) else out[..., :h, :w])
+
+    def finish(self, out: Tensor) -> Tensor:
+        """The output in the caller's (contiguous) layout; a no-op on the reference path."""
+        return out.contiguous() if self.impl == "fast" else out
 
 
 def restormer(**kwargs: Any) -> Restormer:

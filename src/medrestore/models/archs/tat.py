@@ -54,7 +54,7 @@ from medrestore.models.archs.restormer import Restormer
 # Re-exported: ``medrestore.models.pretrained`` looks the converter up on the arch's module.
 from medrestore.models.archs.tat_official import convert_official_state_dict, to_official_state_dict
 from medrestore.models.layers.dynamic import AdaptiveMDTA, AdaptiveTransformerBlock
-from medrestore.models.layers.restormer import LayerNormType
+from medrestore.models.layers.restormer import Impl, LayerNormType
 from medrestore.models.layers.tlc import TLC, LocalMDTA, TLCAttentionMixin, TLCMode
 
 __all__ = [
@@ -216,6 +216,9 @@ class TAT(Restormer):
         pad_multiple: pad inputs to this multiple of 8 and crop back; ``0``/``None`` disables.
         zero_init_output: start the output conv at zero (an untrained net returns its input);
             an initialisation choice, off by default as in the reference.
+        impl: ``"reference"`` (the authors' ops, bit-identical) or ``"fast"`` (channels-last,
+            fused layers, per-sample channels-last dynamic convs; equal up to rounding).
+        checkpoint_blocks: activation checkpointing around every transformer block (training).
     """
 
     #: adaptive stage -> generator level whose kernels it uses
@@ -251,6 +254,8 @@ class TAT(Restormer):
         global_residual: bool = True,
         pad_multiple: int | None = 8,
         zero_init_output: bool = False,
+        impl: Impl = "reference",
+        checkpoint_blocks: bool = False,
     ) -> None:
         if dim % 2:
             raise ConfigError(f"model.net.dim={dim}; expected an even number (the kernel "
@@ -278,6 +283,8 @@ class TAT(Restormer):
             global_residual=global_residual,
             pad_multiple=pad_multiple,
             zero_init_output=zero_init_output,
+            impl=impl,
+            checkpoint_blocks=checkpoint_blocks,
         )
 
         def branch_channels(c: int) -> tuple[int, int]:
@@ -292,6 +299,7 @@ class TAT(Restormer):
             width=generator_width,
             num_res_blocks=generator_res_blocks,
         )
+        self.set_impl(impl)
 
     # ------------------------------------------------------------------ construction hooks
     def tlc_for_level(self, level: int) -> TLC:
@@ -349,12 +357,12 @@ class TAT(Restormer):
         ``cond`` (the output of :meth:`generate_kernels`)."""
         blocks: nn.Sequential = getattr(self, stage)
         if stage not in self.ADAPTIVE_STAGES:
-            return blocks(x)
+            return super().run_stage(stage, x)
         if cond is None:
             raise ValueError(f"stage {stage!r} is adaptive and needs generated kernels")
         kernels = cond[self.ADAPTIVE_STAGES[stage]]
         for block in blocks:
-            x = block(x, kernels.attn, kernels.ffn)
+            x = self.call_block(block, x, kernels.attn, kernels.ffn)
         return x
 
     def generate_kernels(self, latent_input: Tensor) -> dict[str, LevelKernels]:

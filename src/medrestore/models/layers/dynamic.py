@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medrestore.models.layers.restormer import GDFN, MDTA, LayerNormType, TransformerBlock
+from medrestore.models.layers.restormer import (
+    GDFN,
+    MDTA,
+    LayerNormType,
+    TransformerBlock,
+    is_fast,
+    pointwise_conv,
+)
 
 __all__ = [
     "dynamic_depthwise_conv2d",
@@ -32,7 +39,7 @@ __all__ = [
 ]
 
 
-def dynamic_depthwise_conv2d(x: Tensor, weight: Tensor) -> Tensor:
+def dynamic_depthwise_conv2d(x: Tensor, weight: Tensor, per_sample: bool = False) -> Tensor:
     """Depthwise 'same' convolution of each sample with its own kernels.
 
     Args:
@@ -43,6 +50,10 @@ def dynamic_depthwise_conv2d(x: Tensor, weight: Tensor) -> Tensor:
 
     Odd kernel sizes only (zero padding ``k // 2`` keeps H x W). Cross-correlation, like
     ``F.conv2d``.
+
+    ``per_sample=True`` (the fast path) runs one depthwise conv per sample instead of the
+    ``B·C``-group conv: on channels-last input the ``(1, B·C, H, W)`` view does not exist without
+    two layout copies, while each sample's slice is a channels-last tensor already.
     """
     b, c, h, w = x.shape
     if weight.dim() == 5:
@@ -56,9 +67,15 @@ def dynamic_depthwise_conv2d(x: Tensor, weight: Tensor) -> Tensor:
         if weight.shape[0] != 1:
             raise ValueError(f"weight batch {weight.shape[0]} does not match input batch {b}")
         weight = weight.expand(b, -1, -1, -1)
+    pad = (kh // 2, kw // 2)
+    if per_sample:
+        if b == 1:
+            return F.conv2d(x, weight.reshape(c, 1, kh, kw), padding=pad, groups=c)
+        return torch.cat([F.conv2d(x[i:i + 1], weight[i].unsqueeze(1), padding=pad, groups=c)
+                          for i in range(b)])
     # Samples become groups: group g = b*C + c sees only channel c of sample b and its kernel.
     y = F.conv2d(x.reshape(1, b * c, h, w), weight.reshape(b * c, 1, kh, kw),
-                 padding=(kh // 2, kw // 2), groups=b * c)
+                 padding=pad, groups=b * c)
     return y.view(b, c, h, w)
 
 
@@ -91,12 +108,13 @@ class AdaptiveMDTA(MDTA):
         """
         kernel = (self.dw_kernel if generated is None
                   else modulated_kernel(self.dw_kernel, self.lambda_dw, generated))
-        return dynamic_depthwise_conv2d(x, kernel)
+        return dynamic_depthwise_conv2d(x, kernel, per_sample=is_fast(self, "dynamic_conv"))
 
     def forward(self, x: Tensor, generated: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        qkv = self.apply_qkv_dwconv(self.qkv(x), generated)
+        fast = self.impl == "fast"
+        qkv = self.apply_qkv_dwconv(pointwise_conv(self.qkv, x, fast), generated)
         q, k, v = qkv.chunk(3, dim=1)
-        return self.project_out(self.attend(q, k, v))
+        return pointwise_conv(self.project_out, self.attend(q, k, v), fast)
 
 
 class AdaptiveGDFN(GDFN):
@@ -117,11 +135,12 @@ class AdaptiveGDFN(GDFN):
     def apply_dwconv(self, x: Tensor, generated: Tensor | None = None) -> Tensor:  # type: ignore[override]
         kernel = (self.dw_kernel if generated is None
                   else modulated_kernel(self.dw_kernel, self.lambda_dw, generated))
-        return dynamic_depthwise_conv2d(x, kernel)
+        return dynamic_depthwise_conv2d(x, kernel, per_sample=is_fast(self, "dynamic_conv"))
 
     def forward(self, x: Tensor, generated: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        x1, x2 = self.apply_dwconv(self.project_in(x), generated).chunk(2, dim=1)
-        return self.project_out(self.gate(x1, x2))
+        fast = self.impl == "fast"
+        x1, x2 = self.apply_dwconv(pointwise_conv(self.project_in, x, fast), generated).chunk(2, dim=1)
+        return pointwise_conv(self.project_out, self.gate(x1, x2), fast)
 
 
 class AdaptiveTransformerBlock(TransformerBlock):

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medrestore.models.layers.restormer import LayerNormType, TransformerBlock
+from medrestore.models.layers.restormer import LayerNormType, TransformerBlock, is_fast
 
 __all__ = [
     "TEMPERATURE_RANGE",
@@ -302,6 +302,8 @@ class AGFTransformerBlock(TransformerBlock):
         """AGF: the attention branch's input ``x̃`` (B x C x H x W) from x and a B x P prompt."""
         b, c, h, w = x.shape
         alpha_f, alpha_p = self.gate()
+        if is_fast(self, "channels_last"):
+            return self.fuse_prompt_fast(x, prompt, alpha_f, alpha_p)
         tokens = x.flatten(2).transpose(1, 2)  # B x HW x C
         p = self.prompt_norm(prompt.unsqueeze(1))  # B x 1 x P
         q = self.cross_attn_q(tokens) * alpha_f
@@ -312,6 +314,20 @@ class AGFTransformerBlock(TransformerBlock):
         attn = torch.softmax((q @ k.transpose(-2, -1)) / (c**0.5), dim=-1)  # B x HW x 1
         update = self.cross_attn_out(attn @ v)  # B x HW x C
         return x * alpha_f + update.transpose(1, 2).reshape(b, c, h, w)
+
+    def fuse_prompt_fast(self, x: Tensor, prompt: Tensor, alpha_f: Tensor,
+                         alpha_p: Tensor) -> Tensor:
+        """:meth:`fuse_prompt` on the ``B x H x W x C`` view of channels-last ``x`` (no copies);
+        the same layers and the same (unit) softmax, so parameters get the same gradients."""
+        c = x.shape[1]
+        tokens = x.permute(0, 2, 3, 1)  # B x H x W x C
+        p = self.prompt_norm(prompt)[:, None, None, :]  # B x 1 x 1 x P
+        q = self.cross_attn_q(tokens) * alpha_f
+        k = self.cross_attn_k(p) * alpha_p
+        v = self.cross_attn_v(p) * alpha_p
+        attn = torch.softmax((q * k).sum(-1, keepdim=True) / (c**0.5), dim=-1)  # B x H x W x 1
+        update = self.cross_attn_out(attn * v)  # B x H x W x C
+        return x * alpha_f + update.permute(0, 3, 1, 2)
 
     def forward(self, x: Tensor, prompt: Tensor | None = None) -> Tensor:  # type: ignore[override]
         fused = x if prompt is None else self.fuse_prompt(x, prompt)

@@ -27,6 +27,13 @@ back into its own output, so a batch gives the same result as its samples one by
 
 A map no larger than a window gives a single window, i.e. global attention, so the switch only
 changes outputs on maps larger than ``window`` (1.5x the training size by default).
+
+Fast path (``impl="fast"`` on the attention module): :func:`region_windowed_attend` computes the
+same result without cutting windows. The window edges split the map into rectangular regions,
+each covered by a fixed set of windows; a window's Gram matrix and norms are sums of its
+regions' (each pixel visited once, not once per covering window), and each region's output is
+``v`` times the mean of its covering windows' (C/heads)² attention matrices. No window copies,
+no overlap recomputation; equal up to float summation order.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from typing import Callable, Literal, Union
 import torch
 from torch import Tensor
 
-from medrestore.models.layers.restormer import MDTA
+from medrestore.models.layers.restormer import MDTA, is_fast
 
 __all__ = [
     "TLCMode",
@@ -46,6 +53,7 @@ __all__ = [
     "window_starts",
     "window_grid",
     "windowed_attend",
+    "region_windowed_attend",
     "TLCAttentionMixin",
     "LocalMDTA",
 ]
@@ -105,6 +113,61 @@ def windowed_attend(attend: Attend, q: Tensor, k: Tensor, v: Tensor, window: tup
     return acc / count
 
 
+def _segments(length: int, window: int) -> tuple[list[int], list[tuple[int, int]], list[list[int]]]:
+    """Window starts along one axis, the segments cut by all window edges, and for each
+    segment the indices of the windows that cover it."""
+    k = min(length, window)
+    starts = window_starts(length, k)
+    cuts = sorted({0, length, *starts, *(s + k for s in starts)})
+    segs = list(zip(cuts[:-1], cuts[1:]))
+    cover = [[i for i, s in enumerate(starts) if s <= a and b <= s + k] for a, b in segs]
+    return starts, segs, cover
+
+
+def region_windowed_attend(q: Tensor, k: Tensor, v: Tensor, window: tuple[int, int],
+                           num_heads: int, temperature: Tensor) -> Tensor:
+    """MDTA's windowed (TLC) attention from per-region statistics (see the module docstring).
+
+    ``q, k, v``: ``B x C x H x W`` (views of a channels-last tensor cost no copies); returns a
+    channels-last ``B x C x H x W``. Same maths as :func:`windowed_attend` with MDTA's attention.
+    """
+    b, c, h, w = q.shape
+    d = c // num_heads
+    row_starts, row_segs, row_cover = _segments(h, window[0])
+    col_starts, col_segs, col_cover = _segments(w, window[1])
+    regions = [(i, j) for i in range(len(row_segs)) for j in range(len(col_segs))]
+
+    def tokens(t: Tensor, i: int, j: int) -> Tensor:  # B x heads x n x d
+        (i0, i1), (j0, j1) = row_segs[i], col_segs[j]
+        part = t.permute(0, 2, 3, 1)[:, i0:i1, j0:j1, :]
+        return part.reshape(b, -1, num_heads, d).transpose(1, 2)
+
+    stats = {}
+    for i, j in regions:
+        qt, kt = tokens(q, i, j), tokens(k, i, j)
+        stats[i, j] = (qt.transpose(-2, -1) @ kt, qt.square().sum(-2), kt.square().sum(-2))
+    eps = 1e-12  # F.normalize's
+    attn = {}
+    for a in range(len(row_starts)):
+        for bb in range(len(col_starts)):
+            inside = [r for r in regions if a in row_cover[r[0]] and bb in col_cover[r[1]]]
+            gram = sum(stats[r][0] for r in inside)
+            nq = sum(stats[r][1] for r in inside).sqrt().clamp_min(eps)  # type: ignore[union-attr]
+            nk = sum(stats[r][2] for r in inside).sqrt().clamp_min(eps)  # type: ignore[union-attr]
+            attn[a, bb] = (gram / (nq.unsqueeze(-1) * nk.unsqueeze(-2)) * temperature).softmax(-1)
+    rows = []
+    for i in range(len(row_segs)):
+        cols = []
+        for j in range(len(col_segs)):
+            covering = [(a, bb) for a in row_cover[i] for bb in col_cover[j]]
+            mean = sum(attn[wd] for wd in covering) / len(covering)
+            out = tokens(v, i, j) @ mean.transpose(-2, -1)  # type: ignore[union-attr]
+            (i0, i1), (j0, j1) = row_segs[i], col_segs[j]
+            cols.append(out.transpose(1, 2).reshape(b, i1 - i0, j1 - j0, c))
+        rows.append(torch.cat(cols, dim=2))
+    return torch.cat(rows, dim=1).permute(0, 3, 1, 2)
+
+
 @dataclass(frozen=True)
 class TLC:
     """TLC settings of one attention layer.
@@ -149,6 +212,11 @@ class TLCAttentionMixin:
         base: Attend = super().attend  # type: ignore[misc]
         if self.tlc is None:
             return base(q, k, v)
+        if (is_fast(self, "attention")  # type: ignore[arg-type]
+                and type(self.tlc) is TLC  # a subclass (e.g. export's) keeps its own rule
+                and self.tlc.applies(q.shape[-2], q.shape[-1], self.training)):  # type: ignore[attr-defined]
+            return region_windowed_attend(q, k, v, self.tlc.window,
+                                          self.num_heads, self.temperature)  # type: ignore[attr-defined]
         return self.tlc(base, q, k, v, self.training)  # type: ignore[attr-defined]
 
 
