@@ -196,19 +196,8 @@ def _variant_run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure_variant(job: dict[str, Any]) -> dict[str, Any] | None:
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        try:
-            return pool.submit(_variant_run, job).result()
-        except BrokenProcessPool:
-            print(f"[killed] {job['variant']} {job['kind']} (out of memory?)", flush=True)
-            return None
-        except Exception as err:  # noqa: BLE001 - a variant that cannot run is reported
-            print(f"[failed] {job['variant']} {job['kind']}: {type(err).__name__}: {err}",
-                  flush=True)
-            return None
+    """:func:`_variant_run` in a fresh process (see :func:`_in_fresh_process`)."""
+    return _in_fresh_process(_variant_run, job, f"{job['variant']} {job['kind']}")
 
 
 def _default_peak_tflops() -> float | None:
@@ -335,18 +324,27 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def measure(job: dict[str, Any]) -> dict[str, Any] | None:
-    """Run ``job`` in a fresh process; ``None`` when that process dies (e.g. out of memory)."""
+def _in_fresh_process(fn: Any, job: dict[str, Any], label: str) -> dict[str, Any] | None:
+    """``fn(job)`` in a fresh spawned process, so CPU memory peaks are its own; ``None`` (and
+    a line saying why) when the process dies (e.g. out of memory) or the job raises."""
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         try:
-            return pool.submit(_run, job).result()
+            return pool.submit(fn, job).result()
         except BrokenProcessPool:
-            print(f"[killed] {job['arch']} {job['kind']} batch {job['batch']} at {job['size']}² "
-                  f"(out of memory?)", flush=True)
+            print(f"[killed] {label} (out of memory?)", flush=True)
             return None
+        except Exception as err:  # noqa: BLE001 - a variant that cannot run is reported
+            print(f"[failed] {label}: {type(err).__name__}: {err}", flush=True)
+            return None
+
+
+def measure(job: dict[str, Any]) -> dict[str, Any] | None:
+    """Run ``job`` in a fresh process; ``None`` when that process dies (e.g. out of memory)."""
+    return _in_fresh_process(_run, job, f"{job['arch']} {job['kind']} batch {job['batch']} at "
+                                        f"{job['size']}²")
 
 
 def main() -> None:
