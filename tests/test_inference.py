@@ -86,3 +86,30 @@ def test_from_checkpoint_reloads_the_family_that_wrote_it(tmp_path):
     del ckpt["medrestore_module"]                 # older checkpoints: family from the arch name
     torch.save(ckpt, tmp_path / "old.ckpt")
     assert type(Restorer.from_checkpoint(str(tmp_path / "old.ckpt")).module) is TATModule
+
+
+def test_256_slice_volume_is_slice_batched_in_bounded_memory(tmp_path):
+    """A 256-slice volume: the network never sees more than ``batch_size`` slices at once (so
+    device memory is one batch, whatever the slice count), every batch size gives the same
+    volume, and the result equals restoring the slices one at a time."""
+    r = _identity_restorer(tmp_path)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(r.module.net.output.weight, std=0.05)   # not the identity any more
+    net = r.module.net
+    seen: list[int] = []
+    hook = net.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    vol = np.random.default_rng(3).uniform(-1000, 1000, size=(256, 16, 16)).astype(np.float32)
+    outs = {}
+    try:
+        for batch in (1, 7, 64):
+            seen.clear()
+            outs[batch] = r.restore(vol, task="ct_denoise", volume=True, batch_size=batch)
+            assert max(seen) == min(batch, 256) and sum(seen) == 256
+    finally:
+        hook.remove()
+    assert outs[1].shape == vol.shape and outs[1].dtype == np.float32
+    assert not np.allclose(outs[1], vol, atol=1.0)                # the network did something
+    for batch in (7, 64):
+        np.testing.assert_allclose(outs[batch], outs[1], atol=1e-2)  # HU; float rounding only
+    single = np.stack([r.restore(vol[i], task="ct_denoise") for i in (0, 100, 255)])
+    np.testing.assert_allclose(outs[64][[0, 100, 255]], single, atol=1e-2)

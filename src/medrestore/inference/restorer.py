@@ -192,8 +192,9 @@ class Restorer:
         t = torch.from_numpy(norm.normalise(np.asarray(x, dtype=np.float32)))
         pred = runner(t, progress=progress)
         self.last_events = runner.events
-        out = to_native_channels(pred, x.shape[1]).clamp(0, 1).numpy()
-        return norm.denormalise(out).astype(np.float32)
+        del t  # the normalised input copy is not needed any more
+        out = to_native_channels(pred, x.shape[1]).clamp_(0, 1).numpy()
+        return norm.denormalise(out).astype(np.float32, copy=False)
 
     def restore(self, image: np.ndarray | PathLike, task: str | None = None,
                 normalisation: Normalisation | Mapping[str, Any] | None = None, *,

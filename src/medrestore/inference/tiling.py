@@ -180,7 +180,10 @@ class TiledRunner:
         """``N×C×H×W`` host tensor (N slices or images) -> ``N×C'×H×W`` host tensor."""
         s = self.settings
         batch, tile = int(s.batch_size), (None if s.tile is None else int(s.tile))
-        outs: list[torch.Tensor] = []
+        # one output buffer filled batch by batch (no list + cat, which would hold the
+        # restored volume twice): host memory is the input and the output volumes plus one
+        # batch, device memory one batch (or one batch of tiles), whatever the slice count
+        out: torch.Tensor | None = None
         done = 0
         while done < x.shape[0]:
             part = x[done:done + batch]
@@ -193,11 +196,15 @@ class TiledRunner:
                 _free(self.device)
                 batch, tile = self._smaller(batch, tile, tuple(x.shape[-2:]))
                 continue
-            outs.append(y)
+            if out is None:
+                out = torch.empty((x.shape[0], *y.shape[1:]), dtype=y.dtype)
+            out[done:done + part.shape[0]] = y
             done += part.shape[0]
             if progress is not None:
                 progress(part.shape[0])
-        return torch.cat(outs)
+        if out is None:  # no slices
+            return torch.empty((0, *x.shape[1:]), dtype=torch.float32)
+        return out
 
     def _smaller(self, batch: int, tile: int | None, hw: tuple[int, int]) -> tuple[int, int]:
         """The next, smaller way to run after an out-of-memory error."""
