@@ -235,7 +235,7 @@ def test_sweep_spec_is_wandb_format_and_every_combination_composes(spec, tmp_pat
 def test_sweeps_cover_the_models_and_the_lr_balance_grid():
     docs = {p.stem: yaml.safe_load(p.read_text()) for p in SWEEPS}
     assert set(docs) >= {"models", "lr_balance"}
-    assert docs["models"]["parameters"]["model"]["values"] == ["tat_tiny", "datprl_tiny",
-                                                              "restormer_tiny"]
+    assert docs["models"]["parameters"]["model"]["values"] == [
+        "tat_tiny", "datprl_tiny", "restormer_tiny", "promptir_tiny", "amir_tiny", "moce_ir_tiny"]
     lb = docs["lr_balance"]["parameters"]
     assert len(lb["model.optimizer.lr"]["values"]) >= 2 and len(lb["model.loss.balance"]["values"]) >= 2
