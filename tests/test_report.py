@@ -147,3 +147,9 @@ def test_hydra_multirun_2x2_wandb_offline_panels_and_report(tmp_path, toy_shard)
                                         "[mean]"]
     assert all(float(v) > 0 for r in rows[1:] for v in r[2:])
     json.loads((jobs[0] / "results_test.json").read_text())
+    # the same runs compared on the validation split (how a recipe is chosen)
+    rep = _report_cli([multi, "--stage", "val", "--metric", "psnr_gain", "--out",
+                       tmp_path / "val.md"], tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    assert "psnr_gain per task, val split, 4 run(s)" in rep.stdout
+    assert "(results_val.json; * = best)" in (tmp_path / "val.md").read_text()

@@ -29,6 +29,11 @@ def test_train_fit_test_and_outputs(tmp_path, toy_shard):
     for key in ("val/psnr", "test/psnr", "test/ct_denoise/psnr", "test/medical/ssim",
                 "test_input/rs_sr/psnr"):
         assert key in metrics, key
+    # the validation table of the checkpoint the test used (recipes are chosen on it)
+    val_rows = {r["task"]: r for r in json.loads((run / "results_val.json").read_text())}
+    assert set(val_rows) >= {"ct_denoise", "natural_denoise", "rs_sr", "[mean]"}
+    assert val_rows["[mean]"]["psnr_restored"] == pytest.approx(metrics["val/psnr"], abs=1e-4)
+    assert rows != list(val_rows.values())                   # not the test table again
 
     # resume from last.ckpt for one more epoch
     run2 = tmp_path / "resumed"

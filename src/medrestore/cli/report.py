@@ -8,6 +8,7 @@ runs inside it. ``--out FILE.csv|FILE.md`` also writes the table.
 
     medrestore-report logs/train/multiruns/2026-11-26_12-00-00
     medrestore-report logs/a/runs/X logs/b/runs/Y --metric ssim --out compare.md
+    medrestore-report logs/demo/multiruns/<time> --stage val --metric psnr_gain   # pick a recipe
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def format_console(header: list[str], table: list[list[Any]], metric: str, markd
 
 
 def write_table(path: Path, header: list[str], table: list[list[Any]], metric: str,
-                runs: list[dict[str, Any]]) -> None:
+                runs: list[dict[str, Any]], stage: str = "test") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
         buf = io.StringIO()
@@ -225,7 +226,7 @@ def write_table(path: Path, header: list[str], table: list[list[Any]], metric: s
         path.write_text(buf.getvalue())
     else:
         legend = "\n".join(f"- `{lb}`: `{r['dir']}`" for lb, r in zip(header[2:], runs))
-        path.write_text(f"{metric} per task ({RESULTS.format(stage='test')}; * = best)\n\n"
+        path.write_text(f"{metric} per task ({RESULTS.format(stage=stage)}; * = best)\n\n"
                         f"{format_console(header, table, metric, markdown=True)}\n\nRuns:\n\n{legend}\n")
 
 
@@ -256,12 +257,12 @@ def run_report(paths: Sequence[str | Path], out: str | Path | None = None, metri
     if not runs:
         raise ReportError(f"no run with {RESULTS.format(stage=stage)} in {', '.join(map(str, paths))}")
     header, table = comparison(runs, col)
-    text = f"{col} per task, {len(runs)} run(s) (* = best)\n" + format_console(header, table, col)
+    text = f"{col} per task, {stage} split, {len(runs)} run(s) (* = best)\n" + format_console(header, table, col)
     text += "\n" + "\n".join(f"  {lb}: {r['dir']}" for lb, r in zip(header[2:], runs))
     if skipped:
         text += "\nskipped (no results): " + ", ".join(map(str, skipped))
     if out is not None:
-        write_table(Path(out), header, table, col, runs)
+        write_table(Path(out), header, table, col, runs, stage)
         text += f"\nwritten to {out}"
     return text
 
@@ -274,9 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="psnr | ssim | rmse (restored) or a results column, e.g. psnr_gain")
     parser.add_argument("--skip-missing", action="store_true",
                         help="leave out runs without results instead of stopping")
+    parser.add_argument("--stage", choices=("test", "val"), default="test",
+                        help="which table: test (default) or val (results_val.json: the "
+                             "validation table recipes are chosen on)")
     args = parser.parse_args(argv)
     try:
-        print(run_report(args.runs, args.out, args.metric, args.skip_missing))
+        print(run_report(args.runs, args.out, args.metric, args.skip_missing, args.stage))
     except MedrestoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

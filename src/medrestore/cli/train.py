@@ -52,21 +52,37 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("train", True):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    ckpt = None
+    cb = getattr(trainer, "checkpoint_callback", None)
+    if cfg.get("train", True) and cb is not None and getattr(cb, "best_model_path", ""):
+        ckpt = cb.best_model_path
+    title = f"{cfg.get('task_name', 'train')} ({cfg.model.net.name})"
+
+    if cfg.get("train", True) and cfg.get("validate_best", True) and _has_split(datamodule, "val"):
+        # the validation table of the weights the test will use: what recipes are chosen on
+        trainer.validate(model=model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True,
+                         verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        report(trainer, datamodule, "val", out_dir, f"Validation set, {title}")
 
     if cfg.get("test", False):
-        ckpt = None
-        cb = getattr(trainer, "checkpoint_callback", None)
-        if cfg.get("train", True) and cb is not None and getattr(cb, "best_model_path", ""):
-            ckpt = cb.best_model_path
+        if ckpt:
             rank_zero_info(f"testing best checkpoint {ckpt}")
         else:
             rank_zero_info("testing the current weights (no best checkpoint)")
         trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True,
                      verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        report(trainer, datamodule, "test", out_dir,
-               f"Test set, {cfg.get('task_name', 'train')} ({cfg.model.net.name})")
+        report(trainer, datamodule, "test", out_dir, f"Test set, {title}")
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def _has_split(datamodule: Any, name: str) -> bool:
+    """Whether ``datamodule`` has a non-empty ``name`` split (a data config may have none)."""
+    try:
+        return len(datamodule.dataset(name)) > 0
+    except Exception:  # noqa: BLE001 - no such split in this data config
+        return False
 
 
 def _ckpt_dir(cfg: DictConfig, out_dir: Path) -> Path:
