@@ -269,6 +269,9 @@ register_family("datprl", module="medrestore.modules.datprl:DATPRLModule",
                 archs={"datprl": "medrestore.models.archs.datprl:datprl",
                        "datprl_tiny": "medrestore.models.archs.datprl:datprl_tiny"},
                 official="medrestore.models.archs.datprl_official")
+register_family("promptir", module="medrestore.modules.restoration:RestorationModule",
+                archs={"promptir": "medrestore.models.archs.promptir:promptir",
+                       "promptir_tiny": "medrestore.models.archs.promptir:promptir_tiny"})
 
 
 def family_of(arch: str) -> str | None:
