@@ -269,6 +269,9 @@ register_family("datprl", module="medrestore.modules.datprl:DATPRLModule",
                 archs={"datprl": "medrestore.models.archs.datprl:datprl",
                        "datprl_tiny": "medrestore.models.archs.datprl:datprl_tiny"},
                 official="medrestore.models.archs.datprl_official")
+register_family("amir", module="medrestore.modules.routed:RoutedModule",
+                archs={"amir": "medrestore.models.archs.amir:amir",
+                       "amir_tiny": "medrestore.models.archs.amir:amir_tiny"})
 
 
 def family_of(arch: str) -> str | None:
