@@ -272,6 +272,9 @@ register_family("datprl", module="medrestore.modules.datprl:DATPRLModule",
 register_family("promptir", module="medrestore.modules.restoration:RestorationModule",
                 archs={"promptir": "medrestore.models.archs.promptir:promptir",
                        "promptir_tiny": "medrestore.models.archs.promptir:promptir_tiny"})
+register_family("amir", module="medrestore.modules.routed:RoutedModule",
+                archs={"amir": "medrestore.models.archs.amir:amir",
+                       "amir_tiny": "medrestore.models.archs.amir:amir_tiny"})
 
 
 def family_of(arch: str) -> str | None:
