@@ -1,13 +1,18 @@
-"""Our TAT and DATPRL-IR (both implementation paths) against the authors' own classes.
+"""Our TAT, DATPRL-IR, PromptIR, AMIR and MoCE-IR (both implementation paths) against the
+authors' own classes.
 
-    python benchmarks/reference_check.py --tat-repo DIR --datprl-repo DIR [--threads 2]
+    python benchmarks/reference_check.py --tat-repo DIR --datprl-repo DIR \
+        --promptir-repo DIR --amir-repo DIR --moce-ir-repo DIR [--threads 2]
 
 ``DIR`` is a checkout of the authors' public repository (nothing of theirs ships with
-medrestore): ``Yaziwel/TAT`` (the class ``TAT`` in ``model/TAT.py``) and
+medrestore): ``Yaziwel/TAT`` (the class ``TAT`` in ``model/TAT.py``),
 ``GuangluDong0728/DATPRL-IR`` (the class ``DualPromptRestormerv3`` in
 ``MD_ALL_IN_ONE/basicsr/archs/promptrestormerv3_arch.py``, imported without BasicSR's package
-initialisation, which needs its CUDA extensions and data stack). Either option may be left out;
-with neither the script says where to get them and exits with status 2.
+initialisation, which needs its CUDA extensions and data stack), ``va1shn9v/PromptIR``,
+``Yaziwel/All-In-One-Medical-Image-Restoration-via-Task-Adaptive-Routing`` and
+``eduardzamfir/MoCE-IR`` (the last three through ``benchmarks/refcheck_<family>.py``, which
+say what each needs, e.g. ``einops``). Any option may be left out; with none the script says
+where to get the repositories and exits with status 2.
 
 For each family the authors' network is built at the released sizes with random weights (TAT's
 λ made non-zero so the generated kernels count), the same state dict is loaded strictly into
@@ -37,14 +42,24 @@ import types
 from pathlib import Path
 from typing import Any, Callable
 
-REPOS = {"tat": "https://github.com/Yaziwel/TAT", "datprl": "https://github.com/GuangluDong0728/DATPRL-IR"}
+REPOS = {"tat": "https://github.com/Yaziwel/TAT", "datprl": "https://github.com/GuangluDong0728/DATPRL-IR",
+         "promptir": "https://github.com/va1shn9v/PromptIR",
+         "amir": "https://github.com/Yaziwel/All-In-One-Medical-Image-Restoration-via-Task-Adaptive-Routing",
+         "moce_ir": "https://github.com/eduardzamfir/MoCE-IR"}
+#: families checked through benchmarks/refcheck_<family>.py
+HOOKED = ("promptir", "amir", "moce_ir")
 EVAL_SIZES = ((128, 128), (256, 256), (192, 400))
 TOL = {"reference": (1e-6, 1e-5), "fast": (1e-5, 1e-4)}  # (outputs × max(1, |y|), gradients)
 
 
+def _option(family: str) -> str:
+    return f"--{family.replace('_', '-')}-repo"
+
+
 def _usage() -> str:
-    return ("reference_check needs the authors' code: pass --tat-repo DIR and/or --datprl-repo "
-            f"DIR, checkouts of {REPOS['tat']} and {REPOS['datprl']} "
+    opts = ", ".join(f"{_option(f)} DIR ({url})" for f, url in REPOS.items())
+    return ("reference_check needs the authors' code: pass one or more of " + opts +
+            " — each DIR a checkout of that repository "
             "(e.g. git clone https://github.com/Yaziwel/TAT tat-authors)")
 
 
@@ -94,14 +109,15 @@ def _pred(out: Any) -> Any:
     return out[0] if isinstance(out, tuple) else out
 
 
-def check_family(family: str, theirs_cls: Callable[[], Any], channels: int,
-                 train_batch: int) -> bool:
+def _authors_pair(family: str, theirs_cls: Callable[[], Any], channels: int
+                  ) -> tuple[Any, dict[str, Any]]:
+    """TAT / DATPRL-IR: the authors' network with random weights and ours (both paths) loaded
+    from its state dict."""
     import torch
 
     from medrestore.models.archs import datprl_official, tat_official
     from medrestore.registry import build_arch
 
-    torch.manual_seed(0)
     theirs = theirs_cls()
     with torch.no_grad():
         for name, p in theirs.named_parameters():
@@ -118,6 +134,14 @@ def check_family(family: str, theirs_cls: Callable[[], Any], channels: int,
         net = build_arch(family, in_channels=channels, out_channels=channels, impl=impl, **kwargs)
         net.load_state_dict(sd, strict=True)
         ours[impl] = net
+    return theirs, ours
+
+
+def check_family(family: str, theirs: Any, ours: dict[str, Any], channels: int,
+                 train_batch: int, pred: Callable[[Any], Any] = _pred) -> bool:
+    """Print max |Δ| of ``ours`` (one network per implementation path) against ``theirs``
+    (same weights) in eval at :data:`EVAL_SIZES` and in training at 128²; whether all pass."""
+    import torch
 
     ok = True
 
@@ -126,16 +150,18 @@ def check_family(family: str, theirs_cls: Callable[[], Any], channels: int,
         tol = TOL[impl][1] if grad else TOL[impl][0] * max(1.0, scale)
         passed = delta <= tol
         ok &= passed
-        print(f"{family:6s} {impl:9s} {what:24s} max|Δ| {delta:.3e}  (tolerance {tol:.1e}) "
+        print(f"{family:8s} {impl:9s} {what:24s} max|Δ| {delta:.3e}  (tolerance {tol:.1e}) "
               f"{'ok' if passed else 'FAIL'}", flush=True)
 
     theirs.eval()
     for h, w in EVAL_SIZES:
         x = torch.rand(1, channels, h, w)
         with torch.no_grad():
-            y = _pred(theirs(x))
+            torch.manual_seed(2)
+            y = pred(theirs(x))
             for impl, net in ours.items():
-                d = (_pred(net.eval()(x)) - y).abs().max().item()
+                torch.manual_seed(2)  # families with eval-time noise draw the same numbers
+                d = (pred(net.eval()(x)) - y).abs().max().item()
                 report(f"eval 1x{channels}x{h}x{w}", impl, d, y.abs().max().item(), False)
 
     x = torch.rand(train_batch, channels, 128, 128)
@@ -145,7 +171,7 @@ def check_family(family: str, theirs_cls: Callable[[], Any], channels: int,
         net.train()
         net.zero_grad(set_to_none=True)
         torch.manual_seed(1)
-        y = _pred(net(x))
+        y = pred(net(x))
         (y - target).abs().mean().backward()
         return y.detach(), {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
 
@@ -163,23 +189,34 @@ def check_family(family: str, theirs_cls: Callable[[], Any], channels: int,
         worst = max(g_ref, key=lambda n: (g[n] - g_ref[n]).abs().max().item())
         d = (g[worst] - g_ref[worst]).abs().max().item() / g_scale
         report(f"train {train_batch}x{channels}x128² grad", impl, d, 1.0, True)
-        print(f"{'':17s}(largest in {worst})")
+        print(f"{'':19s}(largest in {worst})")
     return ok
+
+
+def _hooks(family: str) -> types.ModuleType:
+    """``benchmarks/refcheck_<family>.py``: ``REPO_URL``, ``CHANNELS``, ``authors_class(repo)``,
+    ``build_pair(cls)`` and ``pred(out)`` of a family checked the same way."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(f"refcheck_{family}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tat-repo", type=Path, default=None, help=f"checkout of {REPOS['tat']}")
-    p.add_argument("--datprl-repo", type=Path, default=None, help=f"checkout of {REPOS['datprl']}")
+    for family, url in REPOS.items():
+        p.add_argument(_option(family), dest=f"{family}_repo", type=Path, default=None,
+                       help=f"checkout of {url}")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--train-batch", type=int, default=2)
     a = p.parse_args(argv)
-    if a.tat_repo is None and a.datprl_repo is None:
+    repos = {f: getattr(a, f"{f}_repo") for f in REPOS if getattr(a, f"{f}_repo") is not None}
+    if not repos:
         print(_usage(), file=sys.stderr)
         return 2
-    for opt, path in (("--tat-repo", a.tat_repo), ("--datprl-repo", a.datprl_repo)):
-        if path is not None and not path.is_dir():
-            print(f"{opt}={path}: not a folder; {_usage()}", file=sys.stderr)
+    for family, path in repos.items():
+        if not path.is_dir():
+            print(f"{_option(family)}={path}: not a folder; {_usage()}", file=sys.stderr)
             return 2
     import torch
 
@@ -190,10 +227,17 @@ def main(argv: list[str] | None = None) -> int:
           f"relative; fast path: outputs {TOL['fast'][0]:g} x max(1, |y|), gradients "
           f"{TOL['fast'][1]:g} relative", flush=True)
     ok = True
-    if a.tat_repo is not None:
-        ok &= check_family("tat", authors_tat(a.tat_repo), 1, a.train_batch)
-    if a.datprl_repo is not None:
-        ok &= check_family("datprl", authors_datprl(a.datprl_repo), 3, a.train_batch)
+    for family, path in repos.items():
+        torch.manual_seed(0)
+        if family in HOOKED:
+            hooks = _hooks(family)
+            theirs, ours = hooks.build_pair(hooks.authors_class(path))
+            ok &= check_family(family, theirs, ours, hooks.CHANNELS, a.train_batch, hooks.pred)
+        else:
+            channels = 1 if family == "tat" else 3
+            cls = authors_tat(path) if family == "tat" else authors_datprl(path)
+            theirs, ours = _authors_pair(family, cls, channels)
+            ok &= check_family(family, theirs, ours, channels, a.train_batch)
     print("all within tolerance" if ok else "FAILED: some differences exceed the tolerance")
     return 0 if ok else 1
 

@@ -19,6 +19,9 @@ def test_without_repositories_it_names_them_and_exits_2() -> None:
     assert res.returncode == 2
     assert "Yaziwel/TAT" in res.stderr and "GuangluDong0728/DATPRL-IR" in res.stderr
     assert "--tat-repo" in res.stderr
+    for opt, repo in (("--promptir-repo", "va1shn9v/PromptIR"), ("--moce-ir-repo", "MoCE-IR"),
+                      ("--amir-repo", "Task-Adaptive-Routing")):
+        assert opt in res.stderr and repo in res.stderr
 
 
 def test_a_missing_folder_is_named(tmp_path: Path) -> None:
