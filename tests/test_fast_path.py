@@ -11,7 +11,8 @@ from medrestore.models.layers import restormer as layers
 from medrestore.models.layers.dynamic import dynamic_depthwise_conv2d
 from medrestore.registry import build_arch
 
-FAMILIES = {"restormer": 3, "tat": 1, "datprl": 3}  # arch -> image channels
+FAMILIES = {"restormer": 3, "tat": 1, "datprl": 3, "promptir": 3, "amir": 1, "moce_ir": 3}  # arch -> channels
+TINY = ["restormer_tiny", "tat_tiny", "datprl_tiny", "promptir_tiny", "amir_tiny", "moce_ir_tiny"]
 OUT_TOL = 1e-5  # max |Δ| of outputs (images in [0, 1], outputs of order 1)
 GRAD_TOL = 1e-4  # per parameter: ‖Δ‖ / ‖g_reference‖
 
@@ -56,7 +57,7 @@ def _assert_grads_close(g_ref: dict, g_new: dict) -> None:
         assert err <= GRAD_TOL, f"{name}: relative gradient difference {err:.2e}"
 
 
-@pytest.mark.parametrize("arch", ["restormer_tiny", "tat_tiny", "datprl_tiny"])
+@pytest.mark.parametrize("arch", TINY)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_training_outputs_and_gradients_match(arch: str, batch: int) -> None:
     ref, fast, c = _pair(arch)
@@ -71,7 +72,7 @@ def test_training_outputs_and_gradients_match(arch: str, batch: int) -> None:
     _assert_grads_close(_grads(ref), _grads(fast))
 
 
-@pytest.mark.parametrize("arch", ["restormer_tiny", "tat_tiny", "datprl_tiny"])
+@pytest.mark.parametrize("arch", TINY)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_eval_outputs_match_at_a_tlc_size(arch: str, batch: int) -> None:
     ref, fast, c = _pair(arch)
@@ -108,7 +109,7 @@ def test_per_sample_dynamic_conv_matches_grouped() -> None:
                                dynamic_depthwise_conv2d(x, w), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ["tat_tiny", "datprl_tiny", "restormer_tiny"])
+@pytest.mark.parametrize("arch", TINY)
 @pytest.mark.parametrize("impl", ["reference", "fast"])
 def test_checkpoint_blocks_gives_the_same_gradients(arch: str, impl: str) -> None:
     c = FAMILIES[arch.removesuffix("_tiny")]
@@ -139,7 +140,7 @@ def test_options_keep_keys_and_reject_bad_values() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["restormer", "tat", "datprl"])
+@pytest.mark.parametrize("arch", list(FAMILIES))
 def test_full_size_fast_path_matches(arch: str) -> None:
     """One forward/backward per family at the paper sizes (64², batch 1: short). TAT's λ at
     std 0.5 (as benchmarks/reference_check.py): with std 1 the random per-image kernels of 44
