@@ -269,6 +269,10 @@ register_family("datprl", module="medrestore.modules.datprl:DATPRLModule",
                 archs={"datprl": "medrestore.models.archs.datprl:datprl",
                        "datprl_tiny": "medrestore.models.archs.datprl:datprl_tiny"},
                 official="medrestore.models.archs.datprl_official")
+register_family("moce_ir", module="medrestore.modules.routed:RoutedModule",
+                archs={"moce_ir": "medrestore.models.archs.moce_ir:moce_ir",
+                       "moce_ir_s": "medrestore.models.archs.moce_ir:moce_ir_s",
+                       "moce_ir_tiny": "medrestore.models.archs.moce_ir:moce_ir_tiny"})
 
 
 def family_of(arch: str) -> str | None:
