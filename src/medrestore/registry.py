@@ -275,6 +275,10 @@ register_family("promptir", module="medrestore.modules.restoration:RestorationMo
 register_family("amir", module="medrestore.modules.routed:RoutedModule",
                 archs={"amir": "medrestore.models.archs.amir:amir",
                        "amir_tiny": "medrestore.models.archs.amir:amir_tiny"})
+register_family("moce_ir", module="medrestore.modules.routed:RoutedModule",
+                archs={"moce_ir": "medrestore.models.archs.moce_ir:moce_ir",
+                       "moce_ir_s": "medrestore.models.archs.moce_ir:moce_ir_s",
+                       "moce_ir_tiny": "medrestore.models.archs.moce_ir:moce_ir_tiny"})
 
 
 def family_of(arch: str) -> str | None:
