@@ -228,7 +228,9 @@ def test_sweep_spec_is_wandb_format_and_every_combination_composes(spec, tmp_pat
         for k, v in zip(names, combo):
             got = cfg.model.net.name if k == "model" else (
                 OmegaConf.select(cfg, k) if "." in k or k in ("seed", "task_name") else None)
-            if got is not None:
+            if got is not None and "${" in str(v):            # an interpolation: resolved
+                assert "${" not in str(got) and str(got).endswith(str(v).rsplit("}", 1)[1]), (k, got, v)
+            elif got is not None:
                 assert str(got) == str(v) or float(got) == float(v), (k, got, v)
 
 
