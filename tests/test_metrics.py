@@ -103,3 +103,30 @@ def test_psnr_of_nan_output_is_nan_in_every_protocol():
     for name in ("normalised", "tat", "datprl"):
         scores = PROTOCOLS.get(name)(pred, gt, meta)
         assert math.isnan(float(scores["psnr"])), name
+
+
+def test_promptir_and_moce_ir_protocols_are_their_scikit_image_calls():
+    """Their test scripts: centre crop to multiples of 16, scikit-image PSNR (range 1) and SSIM
+    (PromptIR: uniform 7x7 window; MoCE-IR: Gaussian σ 1.5), RGB averaged over channels."""
+    import numpy as np
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from medrestore.metrics.protocols import PROTOCOLS, centre_crop_to
+
+    g = torch.rand(3, 70, 75, generator=torch.Generator().manual_seed(0))
+    p = g + 0.05 * torch.randn(3, 70, 75, generator=torch.Generator().manual_seed(1))
+    assert centre_crop_to(g, 16).shape[-2:] == (64, 64)
+    assert torch.equal(centre_crop_to(g, 16), g[:, 3:67, 5:69])  # the odd pixel: bottom/right
+    gn = g[:, 3:67, 5:69].permute(1, 2, 0).double().numpy()
+    pn = p.clamp(0, 1)[:, 3:67, 5:69].permute(1, 2, 0).double().numpy()
+    want = {"promptir": structural_similarity(gn, pn, data_range=1, channel_axis=-1),
+            "moce_ir": structural_similarity(gn, pn, data_range=1, channel_axis=-1,
+                                             gaussian_weights=True, sigma=1.5)}
+    assert abs(want["promptir"] - want["moce_ir"]) > 1e-5          # the windows differ
+    for name, ssim_ref in want.items():
+        s = PROTOCOLS.get(name)(p, g, {})
+        assert float(s["ssim"]) == pytest.approx(ssim_ref, abs=1e-6)
+        assert float(s["psnr"]) == pytest.approx(peak_signal_noise_ratio(gn, pn, data_range=1), abs=1e-4)
+        assert float(s["rmse"]) == pytest.approx(float(np.sqrt(((pn - gn) ** 2).mean())), abs=1e-6)
+        one = PROTOCOLS.get(name)(p[:1], g[:1], {})                  # one channel: 2-D SSIM
+        assert np.isfinite(float(one["ssim"]))

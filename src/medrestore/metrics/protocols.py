@@ -19,6 +19,10 @@ Gaussian (σ 1.5) on the valid region (no padding, no border crop, no Y channel)
 channels; RMSE in 8-bit levels. One-channel samples are scored on their single channel (BasicSR
 scores the replicated 3-channel image; PSNR and SSIM are the same when the channels are equal).
 
+``promptir`` / ``moce_ir`` (their test scripts): RGB in [0, 1] centre-cropped to multiples of
+16, scikit-image PSNR with range 1 and scikit-image SSIM — uniform 7×7 window (PromptIR) or
+Gaussian σ 1.5 (MoCE-IR), sample covariance, averaged over channels; RMSE normalised.
+
 Every protocol returns ``psnr``, ``ssim`` and ``rmse`` (in the protocol's units: normalised
 for ``normalised``, physical for ``tat``).
 """
@@ -79,6 +83,48 @@ def datprl(pred: torch.Tensor, gt: torch.Tensor, meta: Mapping[str, Any]) -> dic
     p = torch.round(pred.double().clamp(0, 1) * 255.0).unsqueeze(0)
     g = torch.round(gt.double().clamp(0, 1) * 255.0).unsqueeze(0)
     return {"psnr": psnr(p, g, 255.0)[0], "ssim": ssim_valid(p, g, 255.0)[0], "rmse": rmse(p, g)[0]}
+
+
+def centre_crop_to(x: torch.Tensor, base: int) -> torch.Tensor:
+    """``x[..., H, W]`` centre-cropped to multiples of ``base`` (the PromptIR / MoCE-IR test
+    loaders' ``crop_img``: the odd pixel goes to the bottom / right)."""
+    h, w = x.shape[-2:]
+    ch, cw = h % base, w % base
+    return x[..., ch // 2:h - ch + ch // 2, cw // 2:w - cw + cw // 2]
+
+
+def _skimage_scores(pred: torch.Tensor, gt: torch.Tensor, **ssim_kwargs: Any) -> dict[str, torch.Tensor]:
+    """PSNR / SSIM of scikit-image on ``[0, 1]`` images (H×W×C float64), data range 1, after
+    the test loaders' centre crop to multiples of 16. The crop is applied to the scored images;
+    the authors crop the input before inference, which only differs near the border."""
+    import numpy as np
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    p = centre_crop_to(pred.double().clamp(0, 1), 16)
+    g = centre_crop_to(gt.double().clamp(0, 1), 16)
+    pn = p.permute(1, 2, 0).cpu().numpy()
+    gn = g.permute(1, 2, 0).cpu().numpy()
+    if pn.shape[-1] == 1:
+        pn, gn, axis = pn[..., 0], gn[..., 0], None
+    else:
+        axis = -1
+    score = {"psnr": peak_signal_noise_ratio(gn, pn, data_range=1.0),
+             "ssim": structural_similarity(gn, pn, data_range=1.0, channel_axis=axis, **ssim_kwargs),
+             "rmse": float(np.sqrt(np.mean((pn - gn) ** 2)))}
+    return {k: torch.tensor(float(v), dtype=torch.float32) for k, v in score.items()}
+
+
+@PROTOCOLS.register("promptir")
+def promptir(pred: torch.Tensor, gt: torch.Tensor, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """PromptIR's test script: RGB in [0, 1], centre crop to /16, scikit-image PSNR (range 1)
+    and SSIM with its default uniform 7×7 window (averaged over channels)."""
+    return _skimage_scores(pred, gt)
+
+
+@PROTOCOLS.register("moce_ir")
+def moce_ir(pred: torch.Tensor, gt: torch.Tensor, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """MoCE-IR's test script: as ``promptir`` but SSIM with a Gaussian window (σ 1.5)."""
+    return _skimage_scores(pred, gt, gaussian_weights=True, sigma=1.5)
 
 
 def protocol_for(task: str, override: str | None = None) -> ProtocolFn:
