@@ -93,4 +93,5 @@ def tiny_overrides(shard: Path) -> list[str]:
         "data.samples_per_epoch=48", "data.num_workers=0", "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
         "~callbacks.model_summary",
+        "validate_best=false",  # the extra validation pass: tests that read results_val ask for it
     ]

@@ -123,11 +123,11 @@ def test_hydra_multirun_2x2_wandb_offline_panels_and_report(tmp_path, toy_shard)
     from test_wandb_ops import check_wandb_run
 
     multi = tmp_path / "multi"
-    skip = ("model=", "logger=", "trainer.max_epochs=", "data.samples_per_epoch=")
+    skip = ("model=", "logger=", "trainer.max_epochs=", "data.samples_per_epoch=", "validate_best=")
     args = [o for o in tiny_overrides(toy_shard) if not o.startswith(skip)]
     cmd = [sys.executable, "-m", "medrestore.cli.train", "-m", "model.optimizer.lr=1e-3,5e-4",
            "seed=1,2", "model=restormer_tiny", "logger=wandb", "trainer.max_epochs=1",
-           "data.samples_per_epoch=12", *args, f"paths.log_dir={tmp_path}/logs",
+           "data.samples_per_epoch=12", "validate_best=true", *args, f"paths.log_dir={tmp_path}/logs",
            f"hydra.sweep.dir={multi}"]
     env = dict(os.environ, WANDB_MODE="offline")
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)

@@ -17,7 +17,8 @@ def test_train_fit_test_and_outputs(tmp_path, toy_shard):
     from medrestore.cli.train import train
 
     run = tmp_path / "run"
-    cfg = compose("train", tiny_overrides(toy_shard), run)
+    overrides = [o for o in tiny_overrides(toy_shard) if not o.startswith("validate_best=")]
+    cfg = compose("train", overrides + ["validate_best=true"], run)
     metrics, objs = train(cfg)
     assert (run / "config_resolved.yaml").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -81,7 +81,7 @@ class RngState(L.Callback):
 #: top-level keys that may differ between the attempts of one run: they say how to start or
 #: where the run is, not what to train (``paths`` differ with the node / working directory)
 RESUME_IGNORED_KEYS = ("auto_resume", "auto_resume_force", "ckpt_path", "run_name", "paths",
-                       "extras", "hydra")
+                       "extras", "hydra", "validate_best")
 
 
 def find_resume_checkpoint(ckpt_dir: str | Path, root_dir: str | Path) -> Path | None:
