@@ -30,7 +30,7 @@ RESULTS = "results_{stage}.json"
 RUN_MARKERS = ("config_resolved.yaml", ".hydra/config.yaml")
 #: config keys never used to tell runs apart (where outputs go, how they are logged)
 NOISE_PREFIXES = ("paths.", "hydra.", "logger.", "callbacks.", "extras.", "trainer.default_root_dir",
-                  "trainer.enable_progress_bar", "tags")
+                  "trainer.enable_progress_bar", "tags", "run_name")
 METRICS = ("psnr", "ssim", "rmse")
 
 
