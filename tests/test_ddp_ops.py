@@ -60,7 +60,7 @@ def test_ddp_run_logs_once_and_validates_like_one_process(tmp_path):
     log = _run("medrestore.cli.train", [
         *data, "model=restormer_tiny", "trainer=ddp_sim", "logger=[csv,wandb]", "task_name=ddp",
         "data.patch_size=32", "data.samples_per_epoch=24", "trainer.log_every_n_steps=1",
-        "~callbacks.model_summary", "test=false",
+        "~callbacks.model_summary", "test=false", "validate_best=false",  # the in-fit validation
         "+recipe.global_batch=12", "+recipe.total_steps=4", "+recipe.max_per_device=3"])
     assert "MEMBER: 2/2" in log or "distributed_backend=gloo" in log
     assert log.count("recipe: global batch 12 = 2 devices × 3 per device × accumulate 2") == 1
