@@ -78,11 +78,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 def _has_split(datamodule: Any, name: str) -> bool:
-    """Whether ``datamodule`` has a non-empty ``name`` split (a data config may have none)."""
-    try:
-        return len(datamodule.dataset(name)) > 0
-    except Exception:  # noqa: BLE001 - no such split in this data config
-        return False
+    """Whether ``datamodule`` has a non-empty ``name`` split (a DataModule of one's own without
+    ``dataset(name)`` counts as having none)."""
+    dataset = getattr(datamodule, "dataset", None)
+    return dataset is not None and len(dataset(name)) > 0
 
 
 def _ckpt_dir(cfg: DictConfig, out_dir: Path) -> Path:
