@@ -140,7 +140,9 @@ def test_options_keep_keys_and_reject_bad_values() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", list(FAMILIES))
+# the baselines' full-size fast paths are checked against the authors' code by
+# benchmarks/reference_check.py (outputs and gradients); here the tiny variants above
+@pytest.mark.parametrize("arch", ["restormer", "tat", "datprl"])
 def test_full_size_fast_path_matches(arch: str) -> None:
     """One forward/backward per family at the paper sizes (64², batch 1: short). TAT's λ at
     std 0.5 (as benchmarks/reference_check.py): with std 1 the random per-image kernels of 44
