@@ -20,13 +20,12 @@ import argparse
 import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tat_bench import _in_fresh_process, _peak_mib, _sync  # noqa: E402
+from tat_bench import _in_fresh_process, _peak_mib, time_steps  # noqa: E402
 
 #: family -> (image channels, optimiser) of its recipe (conf/model/<family>.yaml)
 RECIPE = {"restormer": (3, "adamw"), "tat": (1, "adamw"), "datprl": (3, "adam"),
@@ -58,17 +57,7 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
         (pred - y).abs().mean().backward()
         opt.step()
 
-    for _ in range(job["warmup"]):
-        step()
-    _sync(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(job["steps"]):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    times = time_steps(step, job["warmup"], job["steps"], device)
     return {"params": params, "ms": 1000 * statistics.median(times),
             "min_ms": 1000 * min(times), "peak_mib": _peak_mib(device, rss0)}
 

@@ -68,6 +68,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def time_steps(step: Any, warmup: int, steps: int, device: str) -> list[float]:
+    """Seconds per call of ``step`` after ``warmup`` untimed calls (CUDA peak reset after them)."""
+    import torch
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def _build(arch: str, channels: int, device: str):
     from medrestore.registry import build_arch
 
@@ -179,17 +197,7 @@ def _variant_run(job: dict[str, Any]) -> dict[str, Any]:
             with torch.no_grad(), autocast:
                 net(x)
 
-    for _ in range(job["warmup"]):
-        step()
-    _sync(device)
-    if gpu:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(job["steps"]):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    times = time_steps(step, job["warmup"], job["steps"], device)
     result.update(ms=1000 * statistics.median(times), min_ms=1000 * min(times),
                   peak_mib=_peak_mib(device, rss0))
     return result
@@ -306,17 +314,7 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
             with torch.no_grad():
                 net(x)
 
-    for _ in range(job["warmup"]):
-        step()
-    _sync(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(job["steps"]):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    times = time_steps(step, job["warmup"], job["steps"], device)
     # Median per step; the minimum is the better estimate on a machine shared with other jobs.
     dt = statistics.median(times)
     result.update(ms=1000 * dt, min_ms=1000 * min(times), images_per_s=job["batch"] / dt,
