@@ -33,7 +33,7 @@ def test_demo_experiment_trains_every_family(family, tmp_path, toy_shard):
         "trainer.enable_progress_bar=false", "~callbacks.model_summary",
         "extras.print_config=false", "~data.weights", "data.balance=equal", *extra], tmp_path)
     metrics, objs = train(cfg)
-    assert objs["model"].net.__class__.__module__.endswith(family if family != "moce_ir" else "moce_ir")
+    assert objs["model"].net.__class__.__module__.endswith(family)
     for stage in ("val", "test"):
         rows = {r["task"]: r for r in json.loads((tmp_path / f"results_{stage}.json").read_text())}
         assert {"ct_denoise", "natural_denoise", "rs_sr"} <= set(rows)
