@@ -32,6 +32,10 @@ def report(trainer: Any, datamodule: Any, stage: str, out_dir: str | Path, title
     if trainer.global_rank != 0:
         return []
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    module = trainer.lightning_module
+    if callable(getattr(module, "results_rows", None)):  # analysis families: their own table
+        return _report_rows(module.results_rows(metrics, stage), trainer, stage, out_dir, title,
+                            table_key, loggers)
     counts = Counter(r["task"] for r in datamodule.dataset(stage).rows)
     rows = results_rows(metrics, stage, counts)
     if rows:
@@ -41,6 +45,27 @@ def report(trainer: Any, datamodule: Any, stage: str, out_dir: str | Path, title
         rank_zero_info(f"results written to {path}")
         log_results_table(trainer.loggers if loggers is None else loggers, rows,
                           table_key or f"{stage}/results", trainer.global_step)
+    return rows
+
+
+def _report_rows(rows: list[dict], trainer: Any, stage: str, out_dir: str | Path, title: str,
+                 table_key: str | None, loggers: list[Any] | None) -> list[dict]:
+    """The table of a module that defines ``results_rows(metrics, stage)`` (segmentation,
+    detection, grading): printed as Markdown, written as ``results_<stage>.csv/json``, logged."""
+    import json
+
+    from medrestore.utils.report import markdown_table, write_csv
+
+    if not rows:
+        return rows
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    print(f"\n{title}\n" + markdown_table(rows, columns))
+    out = Path(out_dir)
+    path = write_csv(rows, out / f"results_{stage}.csv", columns)
+    (out / f"results_{stage}.json").write_text(json.dumps(rows, indent=2))
+    rank_zero_info(f"results written to {path}")
+    log_results_table(trainer.loggers if loggers is None else loggers, rows,
+                      table_key or f"{stage}/results", trainer.global_step, columns)
     return rows
 
 

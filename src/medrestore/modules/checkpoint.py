@@ -2,9 +2,10 @@
 :func:`medrestore.models.pretrained.read_weights` (``weights_only=True``), and what the file
 says about itself is checked before it is used to build anything:
 
-* ``medrestore_module`` (the family that wrote it) must name a :class:`RestorationModule`
-  subclass inside ``medrestore.modules`` — a checkpoint must not choose which module gets
-  imported;
+* ``medrestore_module`` (the family that wrote it) must name a class inside
+  ``medrestore.modules`` that is a :class:`RestorationModule` or a registered family's module
+  (:data:`medrestore.registry.FAMILIES`: the analysis families) — a checkpoint must not choose
+  which module gets imported;
 * ``hyper_parameters`` must be a plain dict; ``_target_`` entries (optimiser, scheduler) must
   point into ``torch.optim`` or ``medrestore``, and Lightning's ``_instantiator`` is refused,
   since both name callables that would be called when the module is built or trained.
@@ -79,8 +80,10 @@ def module_class_of(ckpt: Mapping[str, Any], source: str) -> Any:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         raise ConfigError(f"{source}: medrestore_module={target!r} is not an importable class") from None
-    if not (isinstance(cls, type) and issubclass(cls, RestorationModule)):
-        raise ConfigError(f"{source}: medrestore_module={target!r} is not a RestorationModule")
+    declared = {str(FAMILIES.target(f)) for f in FAMILIES.names()}
+    if not (isinstance(cls, type) and (issubclass(cls, RestorationModule) or target in declared)):
+        raise ConfigError(f"{source}: medrestore_module={target!r} is neither a RestorationModule "
+                          "nor a registered model family's module")
     return cls
 
 
