@@ -182,6 +182,22 @@ def test_shape_mismatch_and_unknown_label_are_one_line_and_keep_nothing(tmp_path
         convert(tmp_path / "src2", tmp_path / "b.h5")
 
 
+def test_nonfinite_voxels_error_or_fill(tmp_path):
+    import nibabel as nib
+
+    truth = brats2021_tree(tmp_path / "src")
+    f = tmp_path / "src/BraTS2021_00000/BraTS2021_00000_t2.nii.gz"
+    vol = truth["BraTS2021_00000"]["modalities"]["t2"].astype(np.float32)
+    vol[2, 2, 2] = np.nan
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(f))
+    with pytest.raises(MedrestoreError, match=r"BraTS2021_00000_t2\.nii\.gz.*non-finite"):
+        convert(tmp_path / "src", tmp_path / "b.h5")
+    convert(tmp_path / "src", tmp_path / "b.h5", nonfinite="fill")
+    image = VolumeStore(tmp_path / "b.h5").read("brats/BraTS2021_00000")[0]
+    assert image.dtype == np.float32 and np.isfinite(image).all()   # float source kept float
+    assert image[2, 2, 2, 2] == np.median(vol[np.isfinite(vol)])
+
+
 def test_existing_output_is_refused_and_kept(tmp_path):
     brats2021_tree(tmp_path / "src")
     out = tmp_path / "b.h5"

@@ -307,7 +307,8 @@ class VolumeStore:
 # NIfTI sources (array axes kept as nibabel's (i, j, k); 4-D allowed for multi-channel files)
 
 
-def read_nifti_volume(path: str | os.PathLike, *, canonical: bool = True, channels: bool = False
+def read_nifti_volume(path: str | os.PathLike, *, canonical: bool = True, channels: bool = False,
+                      nonfinite: str = "error", bad_spacing: str = "error"
                       ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a NIfTI source volume for a volume store -> ``(array, info)``.
 
@@ -315,7 +316,10 @@ def read_nifti_volume(path: str | os.PathLike, *, canonical: bool = True, channe
     Decathlon's 4-D images) and the stored dtype when the file has no intensity scaling
     (float32 otherwise). ``canonical`` reorients to the closest RAS axes by flips and axis
     swaps only (nibabel ``as_closest_canonical``: no interpolation). ``info`` holds ``affine``
-    (4×4, RAS mm of the returned array), ``spacing`` ([dx, dy, dz] mm), ``axcodes``."""
+    (4×4, RAS mm of the returned array), ``spacing`` ([dx, dy, dz] mm), ``axcodes``.
+    ``nonfinite="fill"`` replaces NaN / inf voxels by the median of the finite ones (else an
+    error); ``bad_spacing="unknown"`` reads a voxel size that is not > 0 as ``None`` (else an
+    error) — the converters' ``--nonfinite`` / ``--bad-spacing``."""
     import nibabel as nib
 
     p = Path(path)
@@ -339,11 +343,20 @@ def read_nifti_volume(path: str | os.PathLike, *, canonical: bool = True, channe
                                f"{tuple(data.shape)}")
     if data.dtype.kind == "f":
         data = data.astype(np.float32, copy=False)
-        if not np.isfinite(data).all():
-            raise VolumeStoreError(f"{p}: {int((~np.isfinite(data)).sum())} non-finite voxel(s)")
+        bad = ~np.isfinite(data)
+        if bad.any():
+            if nonfinite != "fill" or bad.all():
+                raise VolumeStoreError(f"{p}: {int(bad.sum())} non-finite voxel(s); expected "
+                                       "finite intensities (--nonfinite fill replaces them)")
+            data = np.where(bad, np.median(data[~bad]), data).astype(np.float32)
     elif data.dtype.kind not in "iub":
         raise VolumeStoreError(f"{p}: voxel type {data.dtype} is not a number")
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    zooms: list[float | None] = [float(z) for z in img.header.get_zooms()[:3]]
+    if not all(z is not None and z > 0 for z in zooms):
+        if bad_spacing != "unknown":
+            raise VolumeStoreError(f"{p}: voxel size {zooms} mm; expected values > 0 "
+                                   "(--bad-spacing unknown reads it as unknown)")
+        zooms = [z if z is not None and z > 0 else None for z in zooms]
     info = {"affine": np.asarray(img.affine, np.float64).tolist(), "spacing": zooms,
             "axcodes": "".join(str(c) for c in nib.aff2axcodes(img.affine))}
     return np.ascontiguousarray(data), info

@@ -349,6 +349,7 @@ def find_msd_cases(src: Path) -> list[dict[str, Any]]:
 
 @dataclass(kw_only=True)
 class BratsOptions(SourceOptions):
+    out: Path = option(help="output volume store", metavar="FILE.h5")
     split_fractions: tuple[float, float, float] = split_fractions(
         (0.7, 0.1, 0.2), "patient shares of train / val / test (default 0.7 0.1 0.2; seeded "
         "permutation of patient ids)")
@@ -408,7 +409,8 @@ class Brats(VolumeConverter):
         files = c["files"]
         if c["naming"] == "msd":
             order, mapping, _ = self._msd
-            vol, info = read_nifti_volume(files["image4d"], canonical=canonical, channels=True)
+            vol, info = read_nifti_volume(files["image4d"], canonical=canonical, channels=True,
+                                          **opts.read_options())
             if vol.shape[3] != len(order):
                 raise ConvertError(f"{files['image4d']}: {vol.shape[3]} channels; expected "
                                    f"{len(order)} ({', '.join(order)})")
@@ -418,9 +420,12 @@ class Brats(VolumeConverter):
         else:
             chans, infos = {}, {}
             for m in MODALITY_SUFFIXES:
-                chans[m], infos[m] = read_nifti_volume(files[m], canonical=canonical)
+                chans[m], infos[m] = read_nifti_volume(files[m], canonical=canonical,
+                                                       **opts.read_options())
             ref = files["t1"]
-        seg, seg_info = read_nifti_volume(files["seg"], canonical=canonical)
+        # labels are never filled: a non-finite label voxel is an error
+        seg, seg_info = read_nifti_volume(files["seg"], canonical=canonical,
+                                          bad_spacing=opts.bad_spacing)
         shape = chans["t1"].shape
         aff = np.asarray(infos["t1"]["affine"])
         for m, arr in [*chans.items(), ("seg", seg)]:

@@ -6,7 +6,7 @@ same DataModule) from nilearn's MNI ICBM152 2009a template (T1 and the grey- / w
 probability maps, 1 mm, skull-stripped) — found with :func:`importlib.util.find_spec`, never
 imported. Per case:
 
-1. **Anatomy**: the template's tissue maps (CSF = brain mask − GM − WM) resampled onto a
+1. **Anatomy**: the template's tissue maps (CSF = brain mask − GM − WM, or dark T1) resampled onto a
    ``--size`` grid of ``--spacing`` mm (default 64³ at 3.25 mm) through a random affine (rotation
    ≤ 6°, scale ±8 %, shift ≤ 4 mm) plus a smooth elastic displacement (≤ ~3 mm), so every case
    has its own anatomy.
@@ -98,7 +98,10 @@ class _Template:
         t1, _ = nifti_volume("nilearn", MNI_T1)
         brain = ndimage.gaussian_filter((t1 > 0.05 * t1.max()).astype(np.float32), 1.0)
         self.gm, self.wm = gm.astype(np.float32), wm.astype(np.float32)
-        self.csf = np.clip(brain - gm - wm, 0.0, 1.0).astype(np.float32)
+        # CSF: what the tissue maps leave of the brain, or dark T1 (the ventricles, where the
+        # GM / WM maps are not zero)
+        dark = np.clip((0.5 - t1 / t1.max()) / 0.3, 0.0, 1.0) * brain
+        self.csf = np.maximum(np.clip(brain - gm - wm, 0.0, 1.0), dark).astype(np.float32)
         self.brain = brain
         idx = np.argwhere(brain > 0.5)
         self.centre = (idx.min(0) + idx.max(0)) / 2.0
