@@ -16,7 +16,6 @@ from fake_trees import (
     brats2018_tree,
     brats2021_tree,
     brats2023_tree,
-    brats_canonical,
     msd_brats_tree,
 )
 from medrestore.errors import MedrestoreError
