@@ -437,3 +437,134 @@ def clean_tree(root: Path, n: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
         write_png(root / f"img_{i:02d}.png", img)
         out[f"img_{i:02d}"] = img
     return out
+
+
+# ------------------------------------------------------------------------------ BraTS layouts
+
+#: distinct base intensity per canonical modality, so the stacking order can be checked
+BRATS_BASE = {"t1": 100, "t1ce": 200, "t2": 300, "flair": 400}
+BRATS_SHAPE = (10, 9, 8)            # not cubic: an axis swap would show
+
+
+def brats_canonical(offset: int = 0, high_grade: bool = True, shape=BRATS_SHAPE) -> np.ndarray:
+    """A hand-made canonical label map (0 bg, 1 NCR/NET, 2 ED, 3 ET) shifted by ``offset``
+    along x: WT = [1+o:7+o, 1:7, 1:6] (180 voxels), TC = [2+o:6+o, 2:6, 2:5] (48), necrosis
+    [3+o:5+o, 3:5, 3:4] (4), so ET = 44 in high grade and 0 in low grade (TC all label 1)."""
+    o = int(offset)
+    lab = np.zeros(shape, np.uint8)
+    lab[1 + o:7 + o, 1:7, 1:6] = 2
+    lab[2 + o:6 + o, 2:6, 2:5] = 3 if high_grade else 1
+    lab[3 + o:5 + o, 3:5, 3:4] = 1
+    return lab
+
+
+def brats_modalities(lab: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """int16 volumes per canonical modality: a "brain" block of base + noise, plus 10 × the
+    canonical label; zero outside the block."""
+    rng = np.random.default_rng(seed)
+    brain = np.zeros(lab.shape, bool)
+    brain[0:-1, 0:-1, 0:-1] = True
+    out = {}
+    for m, base in BRATS_BASE.items():
+        v = (base + rng.integers(0, 5, lab.shape) + 10 * lab.astype(np.int64)) * brain
+        out[m] = v.astype(np.int16)
+    return out
+
+
+_TO_124 = np.array([0, 1, 2, 4], np.uint8)      # canonical -> BraTS 2018-2021 codes
+_TO_MSD = np.array([0, 2, 1, 3], np.uint8)      # canonical -> Decathlon Task01 codes
+
+
+def _brats_case(folder: Path, case: str, lab_source: np.ndarray, mods: dict[str, np.ndarray],
+                names: dict[str, str], sep: str, affine=None) -> None:
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    aff = np.eye(4) if affine is None else np.asarray(affine, float)
+    for m, arr in mods.items():
+        nib.save(nib.Nifti1Image(arr, aff), str(folder / f"{case}{sep}{names[m]}.nii.gz"))
+    nib.save(nib.Nifti1Image(lab_source.astype(np.uint8), aff),
+             str(folder / f"{case}{sep}seg.nii.gz"))
+
+
+def brats2018_tree(root: Path, hgg=("Brats18_2013_2_1", "Brats18_CBICA_AAB_1",
+                                    "Brats18_TCIA01_131_1"),
+                   lgg=("Brats18_2013_0_1", "Brats18_TCIA09_141_1"), affine=None
+                   ) -> dict[str, dict[str, Any]]:
+    """``HGG/`` and ``LGG/`` folders of ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``,
+    labels 1/2/4. Returns ``{case: {grade, label (canonical), modalities}}``."""
+    out = {}
+    names = {m: m for m in BRATS_BASE}
+    for grade, folder, cases in ((1, "HGG", hgg), (0, "LGG", lgg)):
+        for i, case in enumerate(cases):
+            lab = brats_canonical(i % 3, high_grade=bool(grade))
+            mods = brats_modalities(lab, seed=len(out))
+            _brats_case(root / folder / case, case, _TO_124[lab], mods, names, "_", affine)
+            out[case] = {"grade": grade, "label": lab, "modalities": mods}
+    return out
+
+
+def brats2021_tree(root: Path, cases=("BraTS2021_00000", "BraTS2021_00002", "BraTS2021_00003",
+                                      "BraTS2021_00005")) -> dict[str, dict[str, Any]]:
+    """``BraTS2021_NNNNN/BraTS2021_NNNNN_{t1,t1ce,t2,flair,seg}.nii.gz``, labels 1/2/4, no
+    grade folders; odd cases have no enhancing tumour."""
+    out = {}
+    names = {m: m for m in BRATS_BASE}
+    for i, case in enumerate(cases):
+        lab = brats_canonical(i % 3, high_grade=i % 2 == 0)
+        mods = brats_modalities(lab, seed=i)
+        _brats_case(root / case, case, _TO_124[lab], mods, names, "_")
+        out[case] = {"grade": -1, "label": lab, "modalities": mods}
+    return out
+
+
+def brats2023_tree(root: Path, cases=("BraTS-GLI-00000-000", "BraTS-GLI-00000-001",
+                                      "BraTS-GLI-00002-000", "BraTS-GLI-00003-000",
+                                      "BraTS-GLI-00005-000", "BraTS-GLI-00006-000")
+                   ) -> dict[str, dict[str, Any]]:
+    """2023 names ``BraTS-GLI-<patient>-<timepoint>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``,
+    labels 1/2/3 (the canonical codes); two time points of patient 00000."""
+    out = {}
+    names = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
+    for i, case in enumerate(cases):
+        lab = brats_canonical(i % 3, high_grade=True)
+        mods = brats_modalities(lab, seed=i)
+        _brats_case(root / case, case, lab, mods, names, "-")
+        out[case] = {"grade": -1, "label": lab, "modalities": mods}
+    return out
+
+
+MSD_DATASET_JSON = {
+    "name": "BRATS", "tensorImageSize": "4D",
+    "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+    "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor",
+               "3": "enhancing tumour"},
+}
+
+
+def msd_brats_tree(root: Path, n: int = 4, dataset_json: bool = True
+                   ) -> dict[str, dict[str, Any]]:
+    """Decathlon ``Task01_BrainTumour``: ``imagesTr/BRATS_NNN.nii.gz`` (4-D, FLAIR, T1w, t1gd,
+    T2w), ``labelsTr/BRATS_NNN.nii.gz`` (1 oedema, 2 non-enhancing, 3 enhancing),
+    ``dataset.json``, and a macOS ``._`` resource file as in the released archive."""
+    import json
+
+    import nibabel as nib
+
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    (root / "imagesTs").mkdir(parents=True, exist_ok=True)
+    if dataset_json:
+        (root / "dataset.json").write_text(json.dumps(MSD_DATASET_JSON))
+    out = {}
+    for i in range(1, n + 1):
+        case = f"BRATS_{i:03d}"
+        lab = brats_canonical(i % 3, high_grade=i % 2 == 1)
+        mods = brats_modalities(lab, seed=i)
+        four = np.stack([mods["flair"], mods["t1"], mods["t1ce"], mods["t2"]], axis=-1)
+        nib.save(nib.Nifti1Image(four, np.eye(4)), str(root / "imagesTr" / f"{case}.nii.gz"))
+        nib.save(nib.Nifti1Image(_TO_MSD[lab], np.eye(4)),
+                 str(root / "labelsTr" / f"{case}.nii.gz"))
+        out[case] = {"grade": -1, "label": lab, "modalities": mods}
+    (root / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05\x16\x07junk")
+    return out

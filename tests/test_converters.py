@@ -571,7 +571,8 @@ def test_missing_src_and_unknown_converter(tmp_path, capsys):
     with pytest.raises(MedrestoreError, match="known converters"):
         CONVERTERS.build("imagenet")
     assert {"aapm_mayo", "ixi", "pet", "div2k", "df2k", "rain100l", "gopro", "ucmerced",
-            "cuhk_cr1", "rice1", "paired_folder", "clean_folder", "demo"} == set(CONVERTERS.names())
+            "cuhk_cr1", "rice1", "paired_folder", "clean_folder", "demo", "brats",
+            "brats_demo"} == set(CONVERTERS.names())
 
 
 def test_converted_shards_load_as_contract_samples(tmp_path):

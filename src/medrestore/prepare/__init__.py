@@ -37,6 +37,8 @@ CONVERTERS.add("cuhk_cr1", f"{_PKG}.remote_sensing:CuhkCr1")
 CONVERTERS.add("rice1", f"{_PKG}.remote_sensing:Rice1")
 CONVERTERS.add("paired_folder", f"{_PKG}.generic:PairedFolder")
 CONVERTERS.add("clean_folder", f"{_PKG}.generic:CleanFolder")
+CONVERTERS.add("brats", f"{_PKG}.brats:Brats")
+CONVERTERS.add("brats_demo", f"{_PKG}.brats_demo:BratsDemo")
 
 
 def run(converter: str, /, **options: Any) -> dict[str, Any]:
