@@ -207,8 +207,11 @@ def test_image_conditions_table(identity_ckpt):
              Condition("restored:identity", "restored", Restorer.from_checkpoint(identity_ckpt)),
              Condition("restored:smooth", "restored", SmoothingRestorer())]
     rows = evaluate_downstream(FakeAnalysis(), dm, conds, NOISE, kind="image", seed=0, log=lambda _: None)
-    by = {(r["condition"], r["task"]): r for r in rows}
-    assert set(by) == {(c.label, t) for c in conds for t in ("cloud", "other")}
+    by: dict = {}
+    for r in rows:  # analysis rows and image-quality rows of one (condition, task) merged
+        by.setdefault((r["condition"], r["task"]), {}).update(r)
+    assert set(by) == {(c.label, t) for c in conds for t in ("cloud", "other")} | {
+        (c.label, "mean") for c in conds[1:]}
     for t in ("cloud", "other"):
         assert by[("clean", t)]["dice"] == 1.0
         assert by[("degraded", t)]["dice"] < 0.95
@@ -218,11 +221,23 @@ def test_image_conditions_table(identity_ckpt):
         # a denoiser helps both the image and the downstream Dice
         assert by[("restored:smooth", t)]["dice"] > by[("degraded", t)]["dice"]
         assert by[("restored:smooth", t)]["psnr"] > by[("degraded", t)]["psnr"]
-        assert np.isnan(by[("clean", t)]["psnr"])
+        assert "psnr" not in by[("clean", t)]
     assert dm.ds.pre_normalise is None                   # the hook is removed after each condition
     table = side_by_side(rows)
     assert {t["metric"] for t in table} == {"dice", "psnr", "ssim"}
     assert set(table[0]) == {"task", "metric", "clean", "degraded", "restored:identity", "restored:smooth"}
+    psnr_cloud = next(t for t in table if t["task"] == "cloud" and t["metric"] == "psnr")
+    assert np.isnan(psnr_cloud["clean"]) and psnr_cloud["restored:smooth"] > psnr_cloud["degraded"]
+
+
+def test_side_by_side_keeps_rows_with_the_same_task_apart(tmp_path):
+    rows = [{"condition": c, "task": "segmentation", "region": reg, "dice": d, "hd95": None}
+            for c, vals in (("clean", (0.9, 0.8)), ("degraded", (0.7, 0.6))) for reg, d in zip(("TC", "WT"), vals)]
+    table = side_by_side(rows)
+    assert [(t["region"], t["clean"], t["degraded"]) for t in table] == [("TC", 0.9, 0.7), ("WT", 0.8, 0.6)]
+    paths = write_tables(rows, tmp_path)
+    assert paths["csv"].read_text().splitlines()[0] == "task,region,metric,clean,degraded"
+    assert "| dice (TC) | 0.9 | 0.7 |" in paths["md"].read_text()
 
 
 def test_volume_conditions_with_a_2d_model_slice_by_slice(identity_ckpt):
@@ -234,7 +249,10 @@ def test_volume_conditions_with_a_2d_model_slice_by_slice(identity_ckpt):
              Condition("restored:identity", "restored", Restorer.from_checkpoint(identity_ckpt))]
     rows = evaluate_downstream(FakeAnalysis("image", "seg", threshold=1.0), dm, conds, spec, kind="volume",
                                seed=0, log=lambda _: None)
-    by = {r["condition"]: r for r in rows}
+    by: dict = {}
+    for r in rows:
+        by.setdefault(r["condition"], {}).update(r)
+    assert {r["task"] for r in rows} == {"brats"}
     assert by["clean"]["dice"] == 1.0
     assert by["degraded"]["dice"] < 1.0
     assert by["restored:identity"]["dice"] == pytest.approx(by["degraded"]["dice"], abs=1e-6)
@@ -286,7 +304,7 @@ def test_cli_writes_the_side_by_side_table(tmp_path, identity_ckpt, monkeypatch,
     with open(out["paths"]["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["task", "metric", "clean", "degraded", "restored:ident"]
-    assert {r["task"] for r in rows} == {"cloud", "other"}    # limit=2: one image of each task
+    assert {r["task"] for r in rows} == {"cloud", "other", "mean"}    # limit=2: one image of each task
     assert "### cloud" in capsys.readouterr().out
     with pytest.raises(SystemExit):                       # the same run dir again: refused
         _cli(tmp_path, [f"analysis_ckpt={fake}"], monkeypatch)
@@ -322,3 +340,14 @@ def test_shipped_downstream_configs_pass_the_checks(option, tmp_path):
     opts = check_options(compose("downstream", [f"downstream={option}", f"analysis_ckpt={fake}"], tmp_path / "r"))
     assert opts["kind"] == {"mtmed3d": "volume", "tpseg": "image"}[option]
     assert "*" in opts["specs"] and opts["seed"] == 0
+
+
+def test_analysis_loader_refuses_a_restoration_checkpoint(identity_ckpt, tmp_path):
+    from medrestore.cli.downstream import load_analysis_module
+
+    with pytest.raises(ConfigError, match="not an analysis module"):
+        load_analysis_module(str(identity_ckpt))
+    junk = tmp_path / "junk.ckpt"
+    torch.save({"weights": torch.zeros(1)}, junk)
+    with pytest.raises(ConfigError, match="analysis_ckpt="):
+        load_analysis_module(str(junk))

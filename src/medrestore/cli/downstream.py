@@ -93,18 +93,51 @@ def _check_data_target(data: Any, key: str) -> None:
         raise ConfigError(f"{key}._target_={target!r}: expected a medrestore DataModule")
 
 
+def load_analysis_module(path: str) -> Any:
+    """The analysis LightningModule of a checkpoint. The file is read and checked by
+    :func:`medrestore.modules.checkpoint.read_module_checkpoint` (``weights_only``; its
+    ``medrestore_module`` must name a class inside ``medrestore.modules``; ``_target_`` entries
+    only into torch.optim / medrestore); the class must be a LightningModule with
+    ``results_rows`` (analysis modules need not be RestorationModules, so
+    ``load_module``'s class rule does not apply)."""
+    import importlib
+
+    import lightning as L
+
+    from medrestore.modules.checkpoint import read_module_checkpoint
+
+    ckpt = read_module_checkpoint(path, "analysis_ckpt")
+    target = ckpt.get("medrestore_module")
+    del ckpt
+    if not target:
+        raise ConfigError(f"analysis_ckpt={path}: no medrestore_module entry; not an analysis checkpoint")
+    name, _, attr = str(target).partition(":")
+    try:
+        cls = getattr(importlib.import_module(name), attr)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"analysis_ckpt={path}: medrestore_module={target!r} is not an importable class") from None
+    if not (isinstance(cls, type) and issubclass(cls, L.LightningModule) and callable(getattr(cls, "results_rows", None))):
+        raise ConfigError(f"analysis_ckpt={path}: {target} is not an analysis module (no results_rows); "
+                          "pass a MTMed3D / TP-Seg checkpoint")
+    try:
+        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except ConfigError as exc:
+        raise ConfigError(f"analysis_ckpt={path}: {exc}") from None
+    except (KeyError, RuntimeError, TypeError, ValueError, EOFError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise ConfigError(f"analysis_ckpt={path}: not a loadable {cls.__name__} checkpoint "
+                          f"({type(exc).__name__}: {first})") from None
+
+
 def load_analysis(cfg: DictConfig, device: str) -> tuple[Any, Any]:
-    """The analysis module (weights_only read, :func:`medrestore.modules.checkpoint.load_module`)
-    and its DataModule (``data`` given, else the config saved in the checkpoint)."""
+    """The analysis module (:func:`load_analysis_module`) and its DataModule (``data`` given,
+    else the data config saved in the checkpoint, ``medrestore_config.data``)."""
     from hydra.utils import instantiate
 
-    from medrestore.modules.checkpoint import checkpoint_config, load_module
+    from medrestore.modules.checkpoint import checkpoint_config
 
     path = str(cfg.analysis_ckpt)
-    module = load_module(path, "analysis_ckpt", map_location="cpu")
-    if not hasattr(module, "results_rows"):
-        raise ConfigError(f"analysis_ckpt={path}: {type(module).__name__} is not an analysis module "
-                          "(no results_rows); pass a MTMed3D / TP-Seg checkpoint")
+    module = load_analysis_module(path)
     if cfg.get("data") is not None:
         data = OmegaConf.to_container(cfg.data, resolve=True)
     else:

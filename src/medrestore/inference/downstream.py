@@ -247,7 +247,7 @@ class ImageScores:
             self.records[(task, key)] = {"psnr": float(psnr(pc, tc, 1.0)[0]), "ssim": float(ssim(pc, tc, 1.0)[0])}
 
     def means(self) -> dict[str, dict[str, float]]:
-        """``{task: {psnr, ssim, n}}`` plus ``"all"`` (mean over tasks of the task means)."""
+        """``{task: {psnr, ssim, n}}`` plus ``"mean"`` (mean over tasks of the task means)."""
         by: dict[str, list[dict[str, float]]] = {}
         for (task, _), r in self.records.items():
             by.setdefault(task, []).append(r)
@@ -260,7 +260,7 @@ class ImageScores:
         if out:
             allrow: dict[str, float] = {m: float(np.nanmean([v[m] for v in out.values()])) for m in ("psnr", "ssim")}
             allrow["n"] = sum(v["n"] for v in out.values())
-            out["all"] = allrow
+            out["mean"] = allrow
         return out
 
 
@@ -383,9 +383,10 @@ def evaluate_downstream(module: Any, datamodule: Any, conditions: Sequence[Condi
                         restore_window: str = "auto", restore_opts: Mapping[str, Any] | None = None,
                         default_task: str = "brats", trainer_kwargs: Mapping[str, Any] | None = None,
                         log: Callable[[str], object] = print) -> list[dict[str, Any]]:
-    """Run every condition and return the long table: one row per (condition, task row of the
-    analysis module), with the module's metrics and the condition's ``psnr`` / ``ssim`` against
-    clean (the clean condition's are ``inf`` / 1 by definition and left empty)."""
+    """Run every condition and return the long table: per condition, the analysis module's rows
+    (``results_rows``) and one row per task with the condition's image quality against clean
+    (``psnr``, ``ssim``; plus a ``mean`` row, the mean over tasks, when there are several tasks;
+    none for the clean condition, where they are ``inf`` / 1 by definition)."""
     if restore_window not in RESTORE_WINDOWS:
         raise ConfigError(f"restore_window={restore_window!r}: expected one of {', '.join(RESTORE_WINDOWS)}")
     module.eval()
@@ -396,36 +397,41 @@ def evaluate_downstream(module: Any, datamodule: Any, conditions: Sequence[Condi
         hook = ConditionHook(kind, cond.kind, specs, seed, restorer=cond.restorer, restore_window=restore_window,
                              restore_opts=restore_opts, default_task=default_task, score=cond.kind != "clean")
         res = run_condition(module, datamodule, loader, hook, trainer_kwargs)
+        rows += [{"condition": cond.label, **r} for r in res]
         quality = hook.scores.means() if hook.scores is not None else {}
-        for r in res:
-            task = str(r.get("task", ""))
-            q = quality.get(task) or quality.get("all") or {}
-            rows.append({"condition": cond.label, **r,
-                         "psnr": q.get("psnr", float("nan")) if q else float("nan"),
-                         "ssim": q.get("ssim", float("nan")) if q else float("nan")})
+        rows += [{"condition": cond.label, "task": task, "n": q["n"], "psnr": q["psnr"], "ssim": q["ssim"]}
+                 for task, q in quality.items() if task != "mean" or len(quality) > 2]
     return rows
 
 
 # ---------------------------------------------------------------------------------- the table
 def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Numeric columns of the long table in first-seen order (task / condition / n excluded)."""
+    """Numeric columns of the long table in first-seen order (``n`` excluded)."""
     cols: list[str] = []
     for r in rows:
         for k, v in r.items():
-            if k in ("condition", "task", "n") or k in cols:
+            if k in ("condition", "n") or k in cols:
                 continue
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 cols.append(k)
     return cols
 
 
+def _identity(r: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """What a row is about: its string cells (task, region, evaluation mode, ...)."""
+    return tuple((k, v) for k, v in r.items() if k != "condition" and isinstance(v, str))
+
+
 def side_by_side(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Pivot the long table: one row per (task, metric), one column per condition."""
+    """Pivot the long table: one row per (row identity, metric), one column per condition. A
+    row's identity is its string cells (``task``, and e.g. ``region``), so MTMed3D's TC / WT /
+    ET rows stay apart."""
     conditions = list(dict.fromkeys(str(r["condition"]) for r in rows))
-    out: dict[tuple[str, str], dict[str, Any]] = {}
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
+        ident = _identity(r)
         for m in metric_columns([r]):
-            cell = out.setdefault((str(r.get("task", "")), m), {"task": str(r.get("task", "")), "metric": m})
+            cell = out.setdefault((ident, m), {**dict(ident), "metric": m})
             cell[str(r["condition"])] = float(r[m])
     table = list(out.values())
     for t in table:
@@ -441,16 +447,18 @@ def _cell(v: Any) -> str:
 
 
 def markdown(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
-    """Per task, a Markdown table of metric × condition."""
+    """Per task, a Markdown table of metric × condition (other identity cells in brackets)."""
     table = side_by_side(rows)
     conditions = list(dict.fromkeys(str(r["condition"]) for r in rows))
     parts = [f"## {title}"] if title else []
-    for task in dict.fromkeys(t["task"] for t in table):
+    for task in dict.fromkeys(str(t.get("task", "")) for t in table):
         parts.append(f"\n### {task}\n")
         parts.append("| metric | " + " | ".join(conditions) + " |")
         parts.append("| --- | " + " | ".join("---:" for _ in conditions) + " |")
-        for t in (t for t in table if t["task"] == task):
-            parts.append(f"| {t['metric']} | " + " | ".join(_cell(t[c]) for c in conditions) + " |")
+        for t in (t for t in table if str(t.get("task", "")) == task):
+            extra = [str(v) for k, v in t.items() if k not in ("task", "metric", *conditions)]
+            label = t["metric"] + (f" ({', '.join(extra)})" if extra else "")
+            parts.append(f"| {label} | " + " | ".join(_cell(t[c]) for c in conditions) + " |")
     return "\n".join(parts) + "\n"
 
 
@@ -469,8 +477,9 @@ def write_tables(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, stem: s
     out.mkdir(parents=True, exist_ok=True)
     table = side_by_side(rows)
     conditions = list(dict.fromkeys(str(r["condition"]) for r in rows))
+    ident = list(dict.fromkeys(k for t in table for k in t if k not in ("metric", *conditions)))
     with open(paths["csv"], "x", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["task", "metric", *conditions])
+        w = csv.DictWriter(f, fieldnames=[*ident, "metric", *conditions])
         w.writeheader()
         w.writerows(table)
 
