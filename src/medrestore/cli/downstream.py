@@ -94,39 +94,18 @@ def _check_data_target(data: Any, key: str) -> None:
 
 
 def load_analysis_module(path: str) -> Any:
-    """The analysis LightningModule of a checkpoint. The file is read and checked by
-    :func:`medrestore.modules.checkpoint.read_module_checkpoint` (``weights_only``; its
-    ``medrestore_module`` must name a class inside ``medrestore.modules``; ``_target_`` entries
-    only into torch.optim / medrestore); the class must be a LightningModule with
-    ``results_rows`` (analysis modules need not be RestorationModules, so
-    ``load_module``'s class rule does not apply)."""
-    import importlib
-
-    import lightning as L
-
-    from medrestore.modules.checkpoint import read_module_checkpoint
+    """The analysis LightningModule of a checkpoint, through the one safe loader
+    (:mod:`medrestore.modules.checkpoint`: ``weights_only`` read, the class named by
+    ``medrestore_module`` accepted by its rule, ``_target_`` entries checked); it must have
+    ``results_rows`` (MTMed3D, TP-Seg)."""
+    from medrestore.modules.checkpoint import load_module, module_class_of, read_module_checkpoint
 
     ckpt = read_module_checkpoint(path, "analysis_ckpt")
-    target = ckpt.get("medrestore_module")
-    del ckpt
-    if not target:
-        raise ConfigError(f"analysis_ckpt={path}: no medrestore_module entry; not an analysis checkpoint")
-    name, _, attr = str(target).partition(":")
-    try:
-        cls = getattr(importlib.import_module(name), attr)
-    except (ImportError, AttributeError):
-        raise ConfigError(f"analysis_ckpt={path}: medrestore_module={target!r} is not an importable class") from None
-    if not (isinstance(cls, type) and issubclass(cls, L.LightningModule) and callable(getattr(cls, "results_rows", None))):
-        raise ConfigError(f"analysis_ckpt={path}: {target} is not an analysis module (no results_rows); "
+    cls = module_class_of(ckpt, f"analysis_ckpt={path}")
+    if not callable(getattr(cls, "results_rows", None)):
+        raise ConfigError(f"analysis_ckpt={path}: {cls.__name__} is not an analysis module (no results_rows); "
                           "pass a MTMed3D / TP-Seg checkpoint")
-    try:
-        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except ConfigError as exc:
-        raise ConfigError(f"analysis_ckpt={path}: {exc}") from None
-    except (KeyError, RuntimeError, TypeError, ValueError, EOFError) as exc:
-        first = (str(exc).splitlines() or [""])[0][:160]
-        raise ConfigError(f"analysis_ckpt={path}: not a loadable {cls.__name__} checkpoint "
-                          f"({type(exc).__name__}: {first})") from None
+    return load_module(path, "analysis_ckpt", cls, map_location="cpu", ckpt=ckpt)
 
 
 def load_analysis(cfg: DictConfig, device: str) -> tuple[Any, Any]:

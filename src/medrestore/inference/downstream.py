@@ -29,14 +29,16 @@ slices; Rician ``sigma`` may be given relative to the channel (``sigma_fraction`
 percentile of its non-zero voxels, since MR intensities have no absolute scale); with
 ``keep_background`` the voxels that are zero in the clean volume stay zero (skull-stripped data
 stay skull-stripped: the datasets z-score over non-zero voxels). The restoration window of a
-channel is ``[min(0, min), max]`` of the degraded channel (nothing clipped) unless the configuration gives
-one (``window``) or asks for the restoration checkpoint's (``restore_window: checkpoint``).
+channel is ``[min(0, min), max]`` of the degraded channel (nothing clipped; MR intensities have no
+absolute scale, so ``restore_window: auto`` does not use the checkpoint's training window) unless
+the configuration gives one (``window``) or asks for the checkpoint's (``restore_window: checkpoint``).
 
 2-D images (``H×W×3`` in [0, 1]): the image is taken as window-normalised with the task's
 ``window`` ``[low, high]`` (physical units of the simulator: HU for ``ct_low_dose``, MR a.u. for
 ``mri_kspace``, the 8-bit scale for natural images), turned to grey first when ``gray`` (medical
 models are one-channel), degraded, restored with the same window (or the checkpoint's), and
-mapped back (grey replicated to RGB).
+mapped back (grey replicated to RGB); ``restore_window: auto`` uses the restoration checkpoint's
+window for ``restore_task`` when it recorded one (HU, SUV and 8-bit are absolute scales).
 """
 
 from __future__ import annotations
@@ -165,7 +167,9 @@ def restore_volume(restorer: Any, lq: np.ndarray, clean_support: np.ndarray | No
     out = np.empty_like(lq)
     for c in range(lq.shape[0]):
         slices = np.moveaxis(lq[c], -1, 0)[:, None]               # Z×1×X×Y
-        if window == "checkpoint" or (window == "auto" and spec.restore_task in restorer.windows):
+        # MR intensities have no absolute scale: "auto" uses the volume's own range, not the
+        # restoration checkpoint's training window ("checkpoint" asks for that one)
+        if window == "checkpoint":
             norm = restorer.window(spec.restore_task)
         elif spec.window is not None:
             norm = Normalisation.from_dict({"low": spec.window[0], "high": spec.window[1], "unit": "a.u."})

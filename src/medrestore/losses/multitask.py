@@ -7,16 +7,17 @@
 ``fixed``
     The given weights (default 1 per task), constant.
 ``uncertainty``
-    Learned homoscedastic uncertainty (Kendall, Gal & Cipolla, CVPR 2018) in the form
-    ``Σ_t exp(−s_t) · L_t + s_t`` with one learned ``s_t = log σ_t²`` per task (the paper's ½
-    factors dropped: they scale the total, not the minimiser ``s_t = log L_t``). The reported
-    weight is ``exp(−s_t)``. The ``s_t`` are trained with the network: add
-    :meth:`LossBalancer.network_parameters` to the network's optimiser.
+    Learned homoscedastic uncertainty ("Multi-task learning using uncertainty to weigh
+    losses", CVPR 2018) in the form ``Σ_t exp(−s_t) · L_t + s_t`` with one learned
+    ``s_t = log σ_t²`` per task (the paper's ½ factors dropped: they scale the total, not the
+    minimiser ``s_t = log L_t``). The reported weight is ``exp(−s_t)``. The ``s_t`` are trained
+    with the network: add :meth:`LossBalancer.network_parameters` to the network's optimiser.
 ``gradnorm``
-    GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018). The network's loss uses the
-    current weights as constants; the weights are moved only by :meth:`LossBalancer.gradnorm_step`,
-    called once per training step with the losses of that step and a *shared* parameter
-    ``W`` (the last shared encoder layer's weight, chosen by the caller):
+    GradNorm ("GradNorm: gradient normalization for adaptive loss balancing in deep multitask
+    networks", ICML 2018). The network's loss uses the current weights as constants; the
+    weights are moved only by :meth:`LossBalancer.gradnorm_step`, called once per training step
+    with the losses of that step and a *shared* parameter ``W`` (the last shared encoder
+    layer's weight, chosen by the caller):
 
     - ``G_t = ‖∇_W (w_t L_t)‖₂ = w_t ‖∇_W L_t‖₂``; ``Ḡ`` their mean;
     - inverse training rates ``r_t = L̃_t / mean(L̃)`` with ``L̃_t = L_t / L_t(0)``;
@@ -39,9 +40,10 @@
     loss has a zero norm there; and their GradNorm loss is back-propagated into the network's
     gradients before the network's optimiser step.
 
-Modules that use ``gradnorm`` train with manual optimisation: backward the total, call
-``gradnorm_step`` (before or after the network step; it touches only the weights), step the
-network's optimiser.
+Modules that use ``gradnorm`` train with manual optimisation: ``total = balancer(losses)`` (this
+step's weights, as constants), ``balancer.gradnorm_step(losses, W)`` (it needs the losses'
+graphs: call it before ``backward``, or back-propagate with ``retain_graph=True``; it touches
+only the weights), ``backward`` the total, step the network's optimiser.
 """
 
 from __future__ import annotations
