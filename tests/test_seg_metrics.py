@@ -67,6 +67,8 @@ def test_hd95_spacing_and_empty_nan():
     assert math.isnan(hd[1, 0].item())
     hd_mm = hd95_per_image(pred, tgt, spacing=(1.5, 1.0, 1.0))
     assert hd_mm[0, 0].item() == pytest.approx(3.0)      # 2 voxels of 1.5 mm along x
+    per_image = hd95_per_image(pred, tgt, spacing=torch.tensor([[1.5, 1.0, 1.0], [1.0, 1.0, 1.0]]))
+    assert per_image[0, 0].item() == pytest.approx(3.0) and math.isnan(per_image[1, 0].item())
     same = hd95_per_image(tgt[:1], tgt[:1])
     assert same.item() == 0.0
 

@@ -80,11 +80,13 @@ def hd95_per_image(pred: Any, target: Any, spacing: Any = None) -> torch.Tensor:
     defined = p.flatten(2).any(-1) & t.flatten(2).any(-1)
     if not bool(defined.any()):
         return out
-    if spacing is not None and not isinstance(spacing, (int, float)):
-        spacing = [list(map(float, s)) if isinstance(s, (list, tuple, np.ndarray, torch.Tensor)) else float(s)
-                   for s in spacing]
-        if spacing and not isinstance(spacing[0], list):
-            spacing = [float(s) for s in spacing]
+    if spacing is not None:
+        arr = np.asarray(torch.as_tensor(spacing).cpu().numpy() if isinstance(spacing, torch.Tensor) else spacing,
+                         dtype=np.float64)
+        if arr.ndim > 2 or (arr.ndim == 2 and arr.shape[0] != b):
+            raise MedrestoreError(f"hd95_per_image: spacing must be a number, one value per axis or one row "
+                                  f"per image, got shape {arr.shape}")
+        spacing = float(arr) if arr.ndim == 0 else arr.tolist()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MONAI warns on empty masks; those cells are NaN anyway
         hd = compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)
