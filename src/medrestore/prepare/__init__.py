@@ -39,6 +39,7 @@ CONVERTERS.add("paired_folder", f"{_PKG}.generic:PairedFolder")
 CONVERTERS.add("clean_folder", f"{_PKG}.generic:CleanFolder")
 CONVERTERS.add("brats", f"{_PKG}.brats:Brats")
 CONVERTERS.add("brats_demo", f"{_PKG}.brats_demo:BratsDemo")
+CONVERTERS.add("volume_slices", f"{_PKG}.volume_slices:VolumeSlices")
 
 
 def run(converter: str, /, **options: Any) -> dict[str, Any]:
