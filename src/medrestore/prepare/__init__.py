@@ -37,6 +37,7 @@ CONVERTERS.add("cuhk_cr1", f"{_PKG}.remote_sensing:CuhkCr1")
 CONVERTERS.add("rice1", f"{_PKG}.remote_sensing:Rice1")
 CONVERTERS.add("paired_folder", f"{_PKG}.generic:PairedFolder")
 CONVERTERS.add("clean_folder", f"{_PKG}.generic:CleanFolder")
+CONVERTERS.add("tpseg_demo", f"{_PKG}.lesions_demo:TpsegDemo")
 
 
 def run(converter: str, /, **options: Any) -> dict[str, Any]:

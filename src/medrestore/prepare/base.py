@@ -145,6 +145,9 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
 def run_converter(conv: Converter, opts: Options) -> dict[str, Any]:
     """Discover, split, convert and write; returns ``{path, counts, units, samples, seconds,
     notes}`` plus the converter's :meth:`~Converter.report`."""
+    own = getattr(conv, "run_converter", None)
+    if own is not None:     # a converter with another output format (lesion segmentation trees)
+        return own(opts)
     from medrestore.io.base import ensure_free_space
     from medrestore.io.hdf5 import PairWriter, ShardError
 
