@@ -38,6 +38,16 @@ CONVERTERS.add("rice1", f"{_PKG}.remote_sensing:Rice1")
 CONVERTERS.add("paired_folder", f"{_PKG}.generic:PairedFolder")
 CONVERTERS.add("clean_folder", f"{_PKG}.generic:CleanFolder")
 CONVERTERS.add("tpseg_demo", f"{_PKG}.lesions_demo:TpsegDemo")
+CONVERTERS.add("seg_folder", f"{_PKG}.lesions:SegFolder")
+CONVERTERS.add("tpseg_folder", f"{_PKG}.lesions:TpsegFolder")
+CONVERTERS.add("isic2018", f"{_PKG}.lesions:Isic2018")
+CONVERTERS.add("busi", f"{_PKG}.lesions:Busi")
+CONVERTERS.add("kvasir_seg", f"{_PKG}.lesions:KvasirSeg")
+CONVERTERS.add("polyp", f"{_PKG}.lesions:PolypCollection")
+CONVERTERS.add("tn3k", f"{_PKG}.lesions:Tn3k")
+CONVERTERS.add("ebhi_seg", f"{_PKG}.lesions:EbhiSeg")
+CONVERTERS.add("figshare_brain_tumour", f"{_PKG}.lesions:FigshareBrainTumour")
+CONVERTERS.add("covid_ct", f"{_PKG}.lesions:CovidCtInfection")
 
 
 def run(converter: str, /, **options: Any) -> dict[str, Any]:
