@@ -238,19 +238,18 @@ def test_tpseg_demo_small_build_is_seeded_and_split_by_region(tmp_path):
     man = json.loads((tmp_path / "a" / MANIFEST).read_text())
     assert {t["name"]: t["mask"] for t in man["tasks"]} == \
         {"cloud": "real", "ct_lesion": "simulated", "ihc_nuclei": "derived"}
-    # cloud / IHC crops lie inside their split's rectangle; CT test slices come from one image
-    from medrestore.prepare.lesions_demo import CLOUD_REGIONS, IHC_REGIONS
+    # crops lie inside their split's rectangle of the source image
+    from medrestore.prepare.lesions_demo import CLOUD_REGIONS, CT_REGIONS, IHC_REGIONS
 
+    regions = {"cloud": CLOUD_REGIONS, "ihc_nuclei": IHC_REGIONS, "ct_lesion": CT_REGIONS}
     for r in ra.values():
         m = r["meta"]
-        if r["task"] in ("cloud", "ihc_nuclei"):
-            shape = (603, 627) if r["task"] == "cloud" else (512, 512)
-            fr = (CLOUD_REGIONS if r["task"] == "cloud" else IHC_REGIONS)[m["split"]]
-            top, left, side = m["crop"]
-            assert round(fr[0] * shape[0]) <= top and top + side <= round(fr[1] * shape[0])
-            assert round(fr[2] * shape[1]) <= left and left + side <= round(fr[3] * shape[1])
-        if r["task"] == "ct_lesion":
-            assert (m["split"] == "test") == ("J2K_pixelrep_mismatch" in m["source"])
+        shape = {"cloud": (603, 627), "ihc_nuclei": (512, 512)}.get(
+            r["task"], (128, 128) if "CT_small" in m["source"] else (512, 512))
+        fr = regions[r["task"]][m["split"]]
+        top, left, side = m["crop"]
+        assert round(fr[0] * shape[0]) <= top and top + side <= round(fr[1] * shape[0])
+        assert round(fr[2] * shape[1]) <= left and left + side <= round(fr[3] * shape[1])
 
 
 def test_mni_slabs_are_apart():

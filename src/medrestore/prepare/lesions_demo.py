@@ -10,7 +10,7 @@ task           modality            mask        images and masks
                8 OLI, RGB)                     as RGB; mask = its QA band's cloud confidence
                                                (bits 14-15) >= medium
 ``ct_lesion``  CT                  simulated   four real CT slices (pydicom, pydicom-data),
-                                               hypo- or hyperdense blobs inside the body
+                                               hypo- or hyperdense blobs in soft tissue
 ``mr_tumour``  MR T1               simulated   MNI152 T1 axial slices (nilearn), matplotlib's
                                                sagittal head MRI, dipy's coronal T1; tumour-like
                                                blobs (homogeneous or ring-enhancing) in the brain
@@ -28,10 +28,10 @@ samples have no lesion (``meta.lesions == 0``); cloud crops may be cloud-free.
 
 **Splits never share source pixels.** Single images are split by region (cloud: the scene's top
 52.5 % trains, bottom-left tests, bottom-right validates; IHC: left 60 % trains, right top
-validates, right bottom tests); crops are drawn wholly inside their split's region. Volumes
-are split by axial slabs at least 10 slices apart (MNI152 T1 and the PET phantom share one slab
-table). CT is split by image (two head/body slices train, ``CT_small`` validates,
-``J2K_pixelrep_mismatch`` tests); the MR test split adds dipy's coronal T1, a source never
+validates, right bottom tests); crops are drawn wholly inside their split's region. CT
+slices likewise, each of the four by region (top 55 % trains, bottom-left validates,
+bottom-right tests), so every split sees head and body CT. Volumes are split by axial slabs at
+least 10 slices apart (MNI152 T1 and the PET phantom share one slab table); the MR test split adds dipy's coronal T1, a source never
 seen in training, and matplotlib's sagittal MRI trains. Each (task, split) is generated from
 ``keyed_rng("tpseg_demo:<task>:<split>", --seed)``: a rebuild with the same seed is identical.
 """
@@ -73,11 +73,15 @@ MNI_SLABS = {"train": tuple(range(30, 58)) + tuple(range(100, 124)),
              "test": tuple(range(68, 90)), "val": tuple(range(134, 146))}
 MNI_MIN_GAP = 10
 CT_SOURCES = (
-    ("pydicom-data", "data/693_UNCR.dcm", "train"),
-    ("pydicom-data", "data/explicit_VR-UN.dcm", "train"),
-    ("pydicom", "data/test_files/CT_small.dcm", "val"),
-    ("pydicom", "data/test_files/J2K_pixelrep_mismatch.dcm", "test"),
+    ("pydicom-data", "data/693_UNCR.dcm"),
+    ("pydicom-data", "data/explicit_VR-UN.dcm"),
+    ("pydicom", "data/test_files/CT_small.dcm"),
+    ("pydicom", "data/test_files/J2K_pixelrep_mismatch.dcm"),
 )
+#: every CT slice is split by region, like the single images (each split sees every slice)
+CT_REGIONS = {"train": (0.0, 0.55, 0.0, 1.0), "val": (0.55, 1.0, 0.0, 0.5),
+              "test": (0.55, 1.0, 0.5, 1.0)}
+SOFT_TISSUE_HU = (-120.0, 160.0)     # lesions go where the (smoothed) tissue is in this range
 CT_WINDOW = (-160.0, 240.0)          # HU, soft tissue; stored as 16-bit
 PET_WINDOW = (0.0, 20.0)             # SUV
 PET_PHANTOM = {"gm_suv": 8.0, "wm_suv": 2.0, "fwhm_mm": 5.0}
@@ -267,15 +271,19 @@ def ihc_sources(split: str) -> list[Source]:
 
 
 def ct_sources(split: str) -> list[Source]:
+    from scipy import ndimage
+
     out = []
-    for package, rel, s in CT_SOURCES:
-        if s != split:
-            continue
+    for package, rel in CT_SOURCES:
         hu, info = src.dicom_image(package, rel)
         hu = np.maximum(np.asarray(hu, dtype=np.float64), -1024.0)
         body = _fill_erode(hu > -300, erode=max(2, hu.shape[0] // 64))
-        out.append(Source(f"{package}:{rel}", hu, roi=body, side=(0.3, 0.5),
-                          info={k: info[k] for k in ("package", "file", "licence")}))
+        # soft tissue only: a lesion drawn into bone or air would be invisible yet labelled
+        smooth = ndimage.gaussian_filter(hu, max(1.0, hu.shape[0] / 256))
+        soft = body & (smooth > SOFT_TISSUE_HU[0]) & (smooth < SOFT_TISSUE_HU[1])
+        soft = ndimage.binary_opening(soft, iterations=max(1, hu.shape[0] // 128))
+        out.append(Source(f"{package}:{rel}", hu, roi=soft, box=_box(hu.shape, CT_REGIONS[split]),
+                          side=(0.3, 0.5), info={k: info[k] for k in ("package", "file", "licence")}))
     return out
 
 
@@ -336,14 +344,15 @@ def _sample_real(s: Source, size: int, rng: np.random.Generator) -> tuple[np.nda
 def _sample_ct(s: Source, size: int, rng: np.random.Generator):
     from scipy import ndimage
 
-    img, roi, _, crop = _crop(s, size, rng, min_roi=0.4)
+    img, roi, _, crop = _crop(s, size, rng, min_roi=0.3)
     img, roi = _orient([img, roi], rng)
     mask = np.zeros((size, size), bool)
     kinds = []
-    for r, _ in _place(rng, roi, _n_lesions(rng, (1, 1, 2, 2, 3)), (size / 24, size / 8), size):
-        delta = rng.choice([-1.0, 1.0]) * rng.uniform(30, 80)          # HU
+    inside = ndimage.gaussian_filter(roi.astype(np.float64), 0.7)      # soft edge at bone / air
+    for r, _ in _place(rng, roi, _n_lesions(rng, (1, 1, 2, 2, 3)), (size / 20, size / 8), size):
+        delta = rng.choice([-1.0, 1.0]) * rng.uniform(40, 90)          # HU
         texture = ndimage.gaussian_filter(rng.normal(0, 12, (size, size)), 1.0)
-        img = img + _soft(r) * (delta + texture)
+        img = img + _soft(r) * inside * (delta + texture)
         mask |= (r < 1) & roi
         kinds.append("hypodense" if delta < 0 else "hyperdense")
     return _to_u16(img, *CT_WINDOW), mask, {"crop": crop, "lesions": len(kinds), "kinds": kinds,
