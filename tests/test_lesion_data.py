@@ -353,3 +353,28 @@ def test_task_balanced_batches_flips_and_resume(tree):
     assert sorted(keys) == sorted(["A/val/0", "A/val/1", "B/val/0"])
     with pytest.raises(MedrestoreError, match="image_size"):
         SegDataModule(tree, image_size=0)
+
+
+def test_paper_8task_config_order_size_and_one_image_per_task(tmp_path):
+    from hydra.utils import instantiate
+
+    from conftest import compose
+
+    order = ["WA", "BT", "ADC", "TN", "CP", "LI", "BL", "SL"]
+    rng = np.random.default_rng(0)
+    for t in order:
+        with SegStoreWriter(tmp_path / "tpseg" / t, [{"name": t, "modality": "x", "mask": "real"}]) as w:
+            for split, n in (("train", 2), ("val", 1), ("test", 1)):
+                for i in range(n):
+                    w.add(ft.rgb(rng, 12, 12), ft.lesion_mask(rng, 12, 12), task=t,
+                          key=f"{t}/{split}/{i}", split=split)
+    cfg = compose("train", ["data=tpseg_8task", f"paths.data_dir={tmp_path}", "data.num_workers=0",
+                            "data.pin_memory=false"], tmp_path)
+    assert list(cfg.data.tasks) == order and cfg.data.image_size == 512
+    assert cfg.data.batch_size == 8 and cfg.data.flips is True
+    dm = instantiate(cfg.data, image_size=32)
+    b = next(iter(dm.train_dataloader()))
+    assert sorted(b["task_id"].tolist()) == list(range(8))
+    assert [order[i] for i in b["task_id"].tolist()] == b["task"]
+    cfg = compose("train", ["data=tpseg_demo"], tmp_path)
+    assert cfg.data._target_ == "medrestore.datasets.segmentation.SegDataModule"

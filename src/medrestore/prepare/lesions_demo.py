@@ -349,8 +349,8 @@ def _sample_ct(s: Source, size: int, rng: np.random.Generator):
     mask = np.zeros((size, size), bool)
     kinds = []
     inside = ndimage.gaussian_filter(roi.astype(np.float64), 0.7)      # soft edge at bone / air
-    for r, _ in _place(rng, roi, _n_lesions(rng, (1, 1, 2, 2, 3)), (size / 20, size / 8), size):
-        delta = rng.choice([-1.0, 1.0]) * rng.uniform(40, 90)          # HU
+    for r, _ in _place(rng, roi, _n_lesions(rng, (1, 1, 2, 2, 3)), (size / 16, size / 7), size):
+        delta = rng.choice([-1.0, 1.0]) * rng.uniform(60, 120)         # HU
         texture = ndimage.gaussian_filter(rng.normal(0, 12, (size, size)), 1.0)
         img = img + _soft(r) * inside * (delta + texture)
         mask |= (r < 1) & roi
