@@ -567,4 +567,174 @@ def msd_brats_tree(root: Path, n: int = 4, dataset_json: bool = True
                  str(root / "labelsTr" / f"{case}.nii.gz"))
         out[case] = {"grade": -1, "label": lab, "modalities": mods}
     (root / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05\x16\x07junk")
+
+
+# ==============================================================================================
+# Lesion-segmentation sources (TP-Seg converters, medrestore.prepare.lesions). Appended block.
+# ==============================================================================================
+
+
+def lesion_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A random filled rectangle (bool H×W), never empty."""
+    t, l = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+    m = np.zeros((h, w), bool)
+    m[t:t + int(rng.integers(2, h // 2 + 1)), l:l + int(rng.integers(2, w // 2 + 1))] = True
+    return m
+
+
+def write_mask_png(path: Path, mask: np.ndarray, fmt: str = "PNG") -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path, format=fmt)
+    return path
+
+
+def write_jpeg(path: Path, hwc: np.ndarray) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(hwc)).save(path, format="JPEG", quality=95)
+    return path
+
+
+def isic2018_tree(root: Path, n_train: int = 6, n_val: int = 2, n_test: int = 0, seed: int = 0
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    """ISIC 2018 Task 1: ``ISIC2018_Task1-2_<Part>_Input/ISIC_XXXXXXX.jpg`` +
+    ``ISIC2018_Task1_<Part>_GroundTruth/ISIC_XXXXXXX_segmentation.png``; returns masks by id."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    n = 0
+    for part, count in (("Training", n_train), ("Validation", n_val), ("Test", n_test)):
+        for _ in range(count):
+            uid = f"ISIC_{n:07d}"
+            n += 1
+            write_jpeg(root / f"ISIC2018_Task1-2_{part}_Input" / f"{uid}.jpg", rgb(rng, 20, 28))
+            m = lesion_mask(rng, 20, 28)
+            write_mask_png(root / f"ISIC2018_Task1_{part}_GroundTruth" / f"{uid}_segmentation.png", m)
+            out.setdefault(part, {})[uid] = m
+    return out
+
+
+def busi_tree(root: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """BUSI: ``Dataset_BUSI_with_GT/{benign,malignant,normal}/benign (1).png`` + ``benign
+    (1)_mask.png`` (+ ``_mask_1.png``); returns the OR-ed mask per image stem."""
+    rng = np.random.default_rng(seed)
+    base = root / "Dataset_BUSI_with_GT"
+    out = {}
+    for cls, n in (("benign", 3), ("malignant", 2), ("normal", 1)):
+        for i in range(1, n + 1):
+            stem = f"{cls} ({i})"
+            img = rng.integers(0, 256, (18, 22), dtype=np.uint8)
+            write_png(base / cls / f"{stem}.png", np.stack([img] * 3, -1))   # BUSI PNGs are RGB
+            m = lesion_mask(rng, 18, 22) if cls != "normal" else np.zeros((18, 22), bool)
+            write_mask_png(base / cls / f"{stem}_mask.png", m)
+            if cls == "benign" and i == 2:              # a second lesion in its own file
+                m2 = np.zeros((18, 22), bool)
+                m2[-3:, -3:] = True
+                write_mask_png(base / cls / f"{stem}_mask_1.png", m2)
+                m = m | m2
+            out[stem] = m
+    return out
+
+
+def kvasir_seg_tree(root: Path, n: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+    """Kvasir-SEG: ``Kvasir-SEG/images/<id>.jpg`` + ``masks/<id>.jpg`` (JPEG masks)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        uid = f"cju{i:04d}kwl35piu0993l0dewei2"
+        write_jpeg(root / "Kvasir-SEG" / "images" / f"{uid}.jpg", rgb(rng, 24, 24))
+        m = lesion_mask(rng, 24, 24)
+        m[:8, :8] = True                                 # big enough to survive JPEG
+        write_mask_png(root / "Kvasir-SEG" / "masks" / f"{uid}.jpg", m, fmt="JPEG")
+        out[uid] = m
+    return out
+
+
+def polyp_tree(root: Path, n_train: int = 6, tests=("CVC-300", "ETIS-LaribPolypDB"), n_test: int = 2,
+               seed: int = 0) -> None:
+    """PraNet: ``TrainDataset/{images,masks}/<n>.png``, ``TestDataset/<set>/{images,masks}/``."""
+    rng = np.random.default_rng(seed)
+    for i in range(n_train):
+        write_png(root / "TrainDataset" / "images" / f"{i + 1}.png", rgb(rng, 16, 16))
+        write_mask_png(root / "TrainDataset" / "masks" / f"{i + 1}.png", lesion_mask(rng, 16, 16))
+    for t in tests:
+        for i in range(n_test):
+            write_png(root / "TestDataset" / t / "images" / f"{i + 1}.png", rgb(rng, 16, 16))
+            write_mask_png(root / "TestDataset" / t / "masks" / f"{i + 1}.png", lesion_mask(rng, 16, 16))
+
+
+def tn3k_tree(root: Path, n_trainval: int = 6, n_test: int = 2, seed: int = 0) -> None:
+    """TN3K: ``trainval-image/0000.jpg`` + ``trainval-mask/0000.jpg``, ``test-image``/``test-mask``."""
+    rng = np.random.default_rng(seed)
+    for part, n in (("trainval", n_trainval), ("test", n_test)):
+        for i in range(n):
+            g = rng.integers(0, 256, (20, 20), dtype=np.uint8)
+            write_jpeg(root / f"{part}-image" / f"{i:04d}.jpg", g)
+            m = lesion_mask(rng, 20, 20)
+            m[5:12, 5:12] = True
+            write_mask_png(root / f"{part}-mask" / f"{i:04d}.jpg", m, fmt="JPEG")
+
+
+def ebhi_seg_tree(root: Path, classes=("Adenocarcinoma", "Normal"), n: int = 4, seed: int = 0) -> None:
+    """EBHI-Seg: ``EBHI-SEG/<class>/image/GT2012149-2-400-001.png`` + ``label/<same>.png``."""
+    rng = np.random.default_rng(seed)
+    for cls in classes:
+        for i in range(n):
+            name = f"GT2012149-2-400-{i + 1:03d}.png"
+            write_png(root / "EBHI-SEG" / cls / "image" / name, rgb(rng, 16, 16))
+            write_mask_png(root / "EBHI-SEG" / cls / "label" / name, lesion_mask(rng, 16, 16))
+
+
+def figshare_mat(path: Path, image: np.ndarray, mask: np.ndarray, label: int, pid: str) -> Path:
+    """A MATLAB v7.3 (HDF5 with a 512-byte user block) ``cjdata`` struct as the figshare files
+    hold it: arrays column-major (h5py sees them transposed), PID a uint16 char column."""
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w", userblock_size=512) as f:
+        g = f.create_group("cjdata")
+        g["image"] = np.asarray(image, dtype=np.int16).T
+        g["tumorMask"] = np.asarray(mask, dtype=np.uint8).T
+        g["label"] = np.array([[float(label)]])
+        g["PID"] = np.array([[ord(c)] for c in pid], dtype=np.uint16)
+        g["tumorBorder"] = np.zeros((1, 8))
+    return path
+
+
+def figshare_tree(root: Path, patients=("100360", "112649", "MR029702", "TCGA-CS-4942", "107494"),
+                  per_patient: int = 2, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """``brainTumorDataPublic_1-766/<n>.mat`` …; returns ``{stem: {image, mask, pid, label}}``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    n = 0
+    for pid in patients:
+        for _ in range(per_patient):
+            n += 1
+            img = rng.integers(0, 3000, (16, 12)).astype(np.int16)
+            m = lesion_mask(rng, 16, 12)
+            label = int(rng.integers(1, 4))
+            sub = "brainTumorDataPublic_1-766" if n <= 4 else "brainTumorDataPublic_767-1532"
+            figshare_mat(root / sub / f"{n}.mat", img, m, label, pid)
+            out[str(n)] = {"image": img, "mask": m, "pid": pid, "label": label}
+    return out
+
+
+def covid_ct_tree(root: Path, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """COVID-19-CT-Seg: ``COVID-19-CT-Seg_20cases/<case>.nii.gz`` + ``Infection_Mask/<case>.nii.gz``
+    (HU for coronacases, 0-255 for radiopaedia cases); 4 slices each, infection on 2."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    cases = ("coronacases_001", "coronacases_002", "radiopaedia_4_85506_1", "radiopaedia_7_85703_0")
+    for c in cases:
+        hu = "corona" in c
+        vol = (rng.integers(-1024, 400, (12, 10, 4)) if hu else rng.integers(0, 256, (12, 10, 4))
+               ).astype(np.int16 if hu else np.uint8)
+        lab = np.zeros((12, 10, 4), np.uint8)
+        lab[2:6, 3:7, 1] = 1
+        lab[5:9, 1:4, 3] = 1
+        write_nifti(root / "COVID-19-CT-Seg_20cases" / f"{c}.nii.gz", vol)
+        write_nifti(root / "Infection_Mask" / f"{c}.nii.gz", lab)
+        out[c] = {"volume": vol, "mask": lab}
     return out

@@ -572,7 +572,9 @@ def test_missing_src_and_unknown_converter(tmp_path, capsys):
         CONVERTERS.build("imagenet")
     assert {"aapm_mayo", "ixi", "pet", "div2k", "df2k", "rain100l", "gopro", "ucmerced",
             "cuhk_cr1", "rice1", "paired_folder", "clean_folder", "demo", "brats",
-            "brats_demo"} == set(CONVERTERS.names())
+            "brats_demo", "volume_slices", "tpseg_demo", "seg_folder", "tpseg_folder", "isic2018",
+            "busi", "kvasir_seg", "polyp", "tn3k", "ebhi_seg", "figshare_brain_tumour",
+            "covid_ct"} == set(CONVERTERS.names())
 
 
 def test_converted_shards_load_as_contract_samples(tmp_path):

@@ -40,6 +40,17 @@ CONVERTERS.add("clean_folder", f"{_PKG}.generic:CleanFolder")
 CONVERTERS.add("brats", f"{_PKG}.brats:Brats")
 CONVERTERS.add("brats_demo", f"{_PKG}.brats_demo:BratsDemo")
 CONVERTERS.add("volume_slices", f"{_PKG}.volume_slices:VolumeSlices")
+CONVERTERS.add("tpseg_demo", f"{_PKG}.lesions_demo:TpsegDemo")
+CONVERTERS.add("seg_folder", f"{_PKG}.lesions:SegFolder")
+CONVERTERS.add("tpseg_folder", f"{_PKG}.lesions:TpsegFolder")
+CONVERTERS.add("isic2018", f"{_PKG}.lesions:Isic2018")
+CONVERTERS.add("busi", f"{_PKG}.lesions:Busi")
+CONVERTERS.add("kvasir_seg", f"{_PKG}.lesions:KvasirSeg")
+CONVERTERS.add("polyp", f"{_PKG}.lesions:PolypCollection")
+CONVERTERS.add("tn3k", f"{_PKG}.lesions:Tn3k")
+CONVERTERS.add("ebhi_seg", f"{_PKG}.lesions:EbhiSeg")
+CONVERTERS.add("figshare_brain_tumour", f"{_PKG}.lesions:FigshareBrainTumour")
+CONVERTERS.add("covid_ct", f"{_PKG}.lesions:CovidCtInfection")
 
 
 def run(converter: str, /, **options: Any) -> dict[str, Any]:

@@ -146,7 +146,7 @@ def run_converter(conv: Converter, opts: Options) -> dict[str, Any]:
     """Discover, split, convert and write; returns ``{path, counts, units, samples, seconds,
     notes}`` plus the converter's :meth:`~Converter.report`."""
     run_all = getattr(conv, "run_all", None)
-    if callable(run_all):             # a converter writing another store (3-D volume stores)
+    if callable(run_all):   # a converter writing another store (3-D volumes, lesion trees)
         return run_all(opts)
     from medrestore.io.base import ensure_free_space
     from medrestore.io.hdf5 import PairWriter, ShardError
