@@ -567,6 +567,7 @@ def msd_brats_tree(root: Path, n: int = 4, dataset_json: bool = True
                  str(root / "labelsTr" / f"{case}.nii.gz"))
         out[case] = {"grade": -1, "label": lab, "modalities": mods}
     (root / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05\x16\x07junk")
+    return out
 
 
 # ==============================================================================================
