@@ -44,6 +44,8 @@ class VolumeSlicesOptions(Options):
     modalities: tuple[str, ...] | None = option(None, "modalities to cut (default: all of the "
                                                 "store's, e.g. t1 t1ce t2 flair)")
     slice_axis: str = option("axial", "plane of the slices", choices=tuple(SLICE_AXES))
+    every: int = option(1, "keep every N-th slice (default 1: all; neighbouring slices are "
+                        "nearly alike)")
     min_foreground: float = option(0.1, "keep a slice when at least this fraction of its "
                                    "voxels is non-zero (default 0.1)")
     window: tuple[float, float] | None = option(
@@ -57,6 +59,8 @@ class VolumeSlicesOptions(Options):
         super().validate()
         if not self.store.is_file():
             raise ConvertError(f"--store {self.store}: no such volume store")
+        if self.every < 1:
+            raise ConvertError(f"--every must be >= 1, got {self.every}")
         if not 0.0 <= float(self.min_foreground) < 1.0:
             raise ConvertError(f"--min-foreground must be within [0, 1), got {self.min_foreground}")
         if self.window is not None and not float(self.window[0]) < float(self.window[1]):
@@ -139,7 +143,7 @@ class VolumeSlices(Converter):
             vol = np.moveaxis(image[c].astype(np.float32), axis, 0)
             modality = store.modalities[c]
             for i, sl in enumerate(vol):
-                if float((sl != 0).mean()) < float(opts.min_foreground):
+                if i % int(opts.every) or float((sl != 0).mean()) < float(opts.min_foreground):
                     continue
                 key = f"{item.unit}/{modality}/{i:03d}"
                 gt = sl[None]
