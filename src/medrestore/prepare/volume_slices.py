@@ -48,6 +48,9 @@ class VolumeSlicesOptions(Options):
                         "nearly alike)")
     min_foreground: float = option(0.1, "keep a slice when at least this fraction of its "
                                    "voxels is non-zero (default 0.1)")
+    noisy_background: bool = option(False, "keep the simulator's output outside the brain "
+                                    "(default: voxels that are zero in the clean volume stay "
+                                    "zero, as in skull-stripped data and medrestore-downstream)")
     window: tuple[float, float] | None = option(
         None, "normalisation window (default: 0 and the 99.9th percentile of the training "
         "cases' non-zero voxels)", metavar=("LOW", "HIGH"))
@@ -150,6 +153,8 @@ class VolumeSlices(Converter):
                 lq = simulate(sim, gt, rng=keyed_rng(f"{opts.task}:{key}", opts.seed),
                               normalisation=Normalisation.from_dict(norm), spacing=inplane,
                               **params)
+                if not opts.noisy_background:
+                    lq = np.where(gt != 0, lq, 0.0)
                 meta = make_meta(opts.task, normalisation=norm, spacing=inplane, channels=1,
                                  source={"store": str(opts.store.name), "case": item.unit},
                                  image=item.unit, modality_name=modality, slice_index=i,
