@@ -50,6 +50,9 @@ Departures from the authors' class (none changes a parameter count):
   Also unused in the released code and not built here: ``LearnableSplitGate`` (a learned split
   between shared and task-specific blocks) and the prototypes' contrastive term.
 
+``freeze_backbone=False`` trains the trunk too (a departure; meant for a randomly initialised
+trunk, e.g. the CPU demo where no pretrained Hiera is available offline).
+
 Parts that receive no gradient in the released design (as here): the task embedding and the
 prototype initialiser (they only seed the prototype buffers, under ``no_grad``). Training under
 DDP therefore needs ``find_unused_parameters=True``.
@@ -308,7 +311,7 @@ class TPSeg(nn.Module):
                  num_experts: int = 6, attn_heads: int = 4, proto_momentum: float = 0.995,
                  logit_lambda: float = 5.0, min_region: int = 10, sim_norm: str = "sample",
                  keep_unused: bool = True, checkpoint_blocks: bool = False,
-                 in_channels: int = 3, out_channels: int = 1) -> None:
+                 freeze_backbone: bool = True, in_channels: int = 3, out_channels: int = 1) -> None:
         super().__init__()
         if int(num_tasks) < 1:
             raise ConfigError(f"model.net.num_tasks={num_tasks}; expected >= 1")
@@ -322,7 +325,7 @@ class TPSeg(nn.Module):
         self.checkpoint_blocks = bool(checkpoint_blocks)
 
         self.trunk = build_backbone(backbone, backbone_kwargs)
-        self.trunk.requires_grad_(False)
+        self.trunk.requires_grad_(not freeze_backbone)
         self.stage_ends = list(self.trunk.stage_ends)
         dims = [blk.dim for blk in self.trunk.blocks]                 # each block's input width
         stage_dims = [self.trunk.blocks[i].dim_out for i in self.stage_ends]
