@@ -148,6 +148,8 @@ def test_test_metrics_results_rows_and_checkpoint_round_trip(fitted, tmp_path):
     module.eval()
     loaded.eval()
     torch.testing.assert_close(loaded.predict(x["image"], x["task"]), module.predict(x["image"], x["task"]))
+    out = loaded.predict_step(x, 0)
+    assert [o["task"] for o in out] == x["task"] and out[0]["prob"].shape == (SIZE, SIZE)
 
 
 def test_task_mapping_and_a_one_task_model():

@@ -315,6 +315,14 @@ class TPSegModule(L.LightningModule):
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._score("test", batch)
 
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int,
+                     dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """One dict per sample: the foreground probability ``H×W`` (CPU), task, key, meta."""
+        prob = torch.sigmoid(self(batch["image"], self.task_ids(batch)).float())
+        return [{"prob": prob[i, 0].cpu(), "task": batch["task"][i], "key": batch["key"][i],
+                 "meta": (batch.get("meta") or [None] * prob.shape[0])[i]}
+                for i in range(prob.shape[0])]
+
     def on_test_epoch_start(self) -> None:
         self._sod = {}
 

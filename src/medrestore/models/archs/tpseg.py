@@ -330,8 +330,9 @@ class TPSeg(nn.Module):
         dims = [blk.dim for blk in self.trunk.blocks]                 # each block's input width
         stage_dims = [self.trunk.blocks[i].dim_out for i in self.stage_ends]
         # inputs must tile Hiera's windowed position embedding and its total stride
-        stride = 4 * 2 ** len(self.trunk.q_pool_blocks)
-        self.size_multiple = math.lcm(stride, 4 * int(self.trunk.window_spec[0]))
+        patch = int(self.trunk.patch_embed.proj.stride[0])
+        stride = patch * 2 ** len(self.trunk.q_pool_blocks)
+        self.size_multiple = math.lcm(stride, patch * int(self.trunk.window_spec[0]))
         self.adapters = nn.ModuleList(TaskAdapter(d, self.num_tasks, adapter_rank) for d in dims)
 
         n1, n2, n3, n4 = (int(c) for c in neck_channels)
