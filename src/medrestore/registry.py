@@ -279,6 +279,10 @@ register_family("moce_ir", module="medrestore.modules.routed:RoutedModule",
                 archs={"moce_ir": "medrestore.models.archs.moce_ir:moce_ir",
                        "moce_ir_s": "medrestore.models.archs.moce_ir:moce_ir_s",
                        "moce_ir_tiny": "medrestore.models.archs.moce_ir:moce_ir_tiny"})
+register_family("tpseg", module="medrestore.modules.tpseg:TPSegModule",
+                archs={"tpseg": "medrestore.models.archs.tpseg:tpseg",
+                       "tpseg_hiera_tiny": "medrestore.models.archs.tpseg:tpseg_hiera_tiny",
+                       "tpseg_tiny": "medrestore.models.archs.tpseg:tpseg_tiny"})
 
 
 def family_of(arch: str) -> str | None:
