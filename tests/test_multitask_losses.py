@@ -155,6 +155,11 @@ def test_boundary_weights_peak_at_edges():
     centre, corner, edge = w[0, 0, 32, 32], w[0, 0, 0, 0], w[0, 0, 32, 32 + 14]
     assert edge > centre + 0.3 and edge > corner + 0.3
     assert corner == pytest.approx(1.0)
+    # the separable mean equals the plain 31x31 mean (zero padding counted)
+    import torch.nn.functional as F
+
+    ref = 1.0 + 2.0 * (F.avg_pool2d(m, 31, stride=1, padding=15) - m).abs()
+    assert (w - ref).abs().max().item() < 1e-5
 
 
 def test_structure_loss_perfect_low_and_deep_supervision_sums():

@@ -28,18 +28,24 @@ BOUNDARY_GAIN = 2.0
 
 def boundary_weights(mask: torch.Tensor, kernel: int = BOUNDARY_KERNEL, gain: float = BOUNDARY_GAIN) -> torch.Tensor:
     """``1 + gain · |avgpool_kernel(mask) − mask|`` for ``B×1×H×W`` masks (zero padding counted
-    in the mean, as ``F.avg_pool2d`` does by default)."""
-    return 1.0 + gain * (F.avg_pool2d(mask, kernel_size=kernel, stride=1, padding=kernel // 2) - mask).abs()
+    in the mean, as ``F.avg_pool2d`` does by default). The k×k mean is taken as a k×1 then a
+    1×k mean: exact (the divisor is always k², padding included) and ~k/2 times cheaper."""
+    pad = kernel // 2
+    pooled = F.avg_pool2d(mask, kernel_size=(kernel, 1), stride=1, padding=(pad, 0))
+    pooled = F.avg_pool2d(pooled, kernel_size=(1, kernel), stride=1, padding=(0, pad))
+    return 1.0 + gain * (pooled - mask).abs()
 
 
 def structure_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 0.5,
-                   bce_weight: float = 0.5, smooth: float = 1.0) -> torch.Tensor:
-    """Scalar structure loss of ``logits`` against ``mask`` (both ``B×1×H×W``)."""
+                   bce_weight: float = 0.5, smooth: float = 1.0,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Scalar structure loss of ``logits`` against ``mask`` (both ``B×1×H×W``); ``weights``: the
+    mask's :func:`boundary_weights` when the caller already has them (deep supervision)."""
     if logits.shape != mask.shape or logits.ndim != 4:
         raise MedrestoreError(f"structure_loss: logits {tuple(logits.shape)} and mask {tuple(mask.shape)} "
                               "must both be B×1×H×W")
     mask = mask.to(logits.dtype)
-    weit = boundary_weights(mask)
+    weit = boundary_weights(mask) if weights is None else weights
     bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
     wbce = (weit * bce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
     prob = torch.sigmoid(logits)
@@ -56,9 +62,10 @@ def deep_supervision_loss(outputs: torch.Tensor | Sequence[torch.Tensor], mask: 
     if not outs:
         raise MedrestoreError("deep_supervision_loss: no output given")
     total = None
+    weights = boundary_weights(mask.to(outs[0].dtype))   # one mask: its weights once
     for o in outs:
         if o.shape[-2:] != mask.shape[-2:]:
             o = F.interpolate(o, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        term = structure_loss(o, mask, **kwargs)
+        term = structure_loss(o, mask, weights=weights, **kwargs)
         total = term if total is None else total + term
     return total
