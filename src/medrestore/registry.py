@@ -279,6 +279,9 @@ register_family("moce_ir", module="medrestore.modules.routed:RoutedModule",
                 archs={"moce_ir": "medrestore.models.archs.moce_ir:moce_ir",
                        "moce_ir_s": "medrestore.models.archs.moce_ir:moce_ir_s",
                        "moce_ir_tiny": "medrestore.models.archs.moce_ir:moce_ir_tiny"})
+register_family("mtmed3d", module="medrestore.modules.mtmed3d:MTMed3DModule",
+                archs={"mtmed3d": "medrestore.models.archs.mtmed3d:mtmed3d",
+                       "mtmed3d_tiny": "medrestore.models.archs.mtmed3d:mtmed3d_tiny"})
 
 
 def family_of(arch: str) -> str | None:
