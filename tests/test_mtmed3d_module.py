@@ -192,3 +192,12 @@ def test_short_fit_raises_dice(tmp_path):
     trainer.fit(m, train, val)
     after = m.last_metrics["val"]["dice_wt"]
     assert after > before + 0.2, (before, after)
+
+
+def test_per_group_learning_rates_are_the_authors_and_uncertainty_is_trained():
+    m = module(**{"loss.balance": {"mode": "uncertainty"}, "scheduler": None})
+    opt = m.configure_optimizers()
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"encoder": 1e-4, "seg": 1e-4, "det": 1e-5, "cls": 1e-5, "balancer": 1e-4}
+    grouped = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert grouped == {id(p) for p in m.net.parameters()} | {id(m.balancer.log_vars)}
