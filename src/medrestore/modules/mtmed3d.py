@@ -87,7 +87,8 @@ class MTMed3DModule(L.LightningModule):
             with the trainer's estimated steps, ``T_max: null`` with ``max_epochs``.
         scheduler_interval: ``epoch`` | ``step``.
         loss: ``balance`` (``mode``, ``weights``, ``alpha``, ``lr``, ``reanchor``), ``seg``
-            (DiceLoss options), ``cls_gamma``.
+            (DiceLoss options), ``seg_ce_weight`` (0 = Dice only, the authors'; > 0 adds that
+            much voxel-wise BCE, our option), ``cls_gamma``.
         detection: :class:`medrestore.losses.detection.RetinaDetection` options.
         evaluation: ``mode`` (centre_crop | full), ``roi_size``, ``threshold``, ``overlap``,
             ``sw_batch_size``, ``sw_mode``.
@@ -116,14 +117,20 @@ class MTMed3DModule(L.LightningModule):
         self.net = self._build_net(dict(net))
         self.tasks: tuple[str, ...] = self.net.tasks
 
-        from monai.losses import DiceLoss, FocalLoss
+        from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 
         from medrestore.losses.detection import build_detection
         from medrestore.losses.multitask import build_balancer
 
         loss = dict(loss or {})
         seg_opts = {"squared_pred": True, "smooth_nr": 0.0, "smooth_dr": 1e-6, **dict(loss.get("seg") or {})}
-        self.seg_loss = DiceLoss(sigmoid=True, to_onehot_y=False, **seg_opts) if "seg" in self.tasks else None
+        ce = float(loss.get("seg_ce_weight", 0.0))
+        if "seg" not in self.tasks:
+            self.seg_loss = None
+        elif ce > 0:  # our option: Dice + ce x voxel-wise BCE (MONAI DiceCELoss); the authors use Dice only
+            self.seg_loss = DiceCELoss(sigmoid=True, to_onehot_y=False, lambda_ce=ce, **seg_opts)
+        else:
+            self.seg_loss = DiceLoss(sigmoid=True, to_onehot_y=False, **seg_opts)
         self.cls_loss = FocalLoss(gamma=float(loss.get("cls_gamma", 2.8)), reduction="mean")
         self.detection = build_detection(detection) if "det" in self.tasks else None
         if self.detection is not None and self.detection.num_anchors != self.net.num_anchors:
