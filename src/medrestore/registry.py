@@ -283,6 +283,9 @@ register_family("tpseg", module="medrestore.modules.tpseg:TPSegModule",
                 archs={"tpseg": "medrestore.models.archs.tpseg:tpseg",
                        "tpseg_hiera_tiny": "medrestore.models.archs.tpseg:tpseg_hiera_tiny",
                        "tpseg_tiny": "medrestore.models.archs.tpseg:tpseg_tiny"})
+register_family("mtmed3d", module="medrestore.modules.mtmed3d:MTMed3DModule",
+                archs={"mtmed3d": "medrestore.models.archs.mtmed3d:mtmed3d",
+                       "mtmed3d_tiny": "medrestore.models.archs.mtmed3d:mtmed3d_tiny"})
 
 
 def family_of(arch: str) -> str | None:
