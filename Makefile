@@ -63,7 +63,7 @@ $(DEMO3D): | $(STAMP)
 prepare-demo3d: $(DEMO3D)  ## build the 3-D demo (simulated lesions on the MNI152 template, 32³)
 
 demo-mtmed3d: $(STAMP) $(DEMO3D)  ## train and test a tiny MTMed3D (segmentation, detection, grading) on the 3-D demo
-	$(BIN)/medrestore-train experiment=mtmed3d_demo $(DEMO_ARGS)
+	$(BIN)/medrestore-train experiment=mtmed3d_demo run_name=demo $(DEMO_ARGS)
 
 $(DEMO2D): | $(STAMP)
 	$(BIN)/medrestore-prepare tpseg_demo --out $(DEMO2D)
@@ -71,18 +71,18 @@ $(DEMO2D): | $(STAMP)
 prepare-demo2d: $(DEMO2D)  ## build the 2-D lesion demo (5 tasks, 4 modalities, real images)
 
 demo-tpseg: $(STAMP) $(DEMO2D)  ## train and test a tiny TP-Seg on the 2-D lesion demo
-	$(BIN)/medrestore-train experiment=tpseg_demo $(DEMO_ARGS)
+	$(BIN)/medrestore-train experiment=tpseg_demo run_name=demo $(DEMO_ARGS)
 
 $(DEMO3D_MR): | $(STAMP) $(DEMO3D)
 	$(BIN)/medrestore-prepare volume_slices --store $(DEMO3D) --out $(DEMO3D_MR) \
 	    --param scale=4 --param rician_sigma=35
 
 # one run name per model, so a second call reuses the trained checkpoints (delete logs/ to redo)
-DS_MT := logs/mtmed3d_demo/runs/downstream
+DS_MT := logs/mtmed3d_demo/runs/demo
 DS_RESTORE := logs/downstream_mr_restore/runs
 demo-downstream: $(STAMP) $(DEMO3D) $(DEMO3D_MR)  ## does restoration help MTMed3D? clean / degraded / restored table on the 3-D demo
 	@test -f $(DS_MT)/checkpoints/last.ckpt || \
-	    $(BIN)/medrestore-train experiment=mtmed3d_demo run_name=downstream
+	    $(BIN)/medrestore-train experiment=mtmed3d_demo run_name=demo
 	@for m in tat restormer; do test -f $(DS_RESTORE)/$$m/checkpoints/last.ckpt || \
 	    $(BIN)/medrestore-train experiment=downstream_mr_restore model=$${m}_tiny run_name=$$m || exit 1; done
 	$(BIN)/medrestore-downstream downstream=mtmed3d restore_window=checkpoint \

@@ -163,14 +163,22 @@ class CascadeClassifier(nn.Module):
     (a small one for the tiny variant)."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 2,
-                 densenet: Mapping[str, Any] | None = None) -> None:
+                 densenet: Mapping[str, Any] | None = None, pool: str = "avg") -> None:
         super().__init__()
         from monai.networks.nets import DenseNet, DenseNet121
+
+        from medrestore.errors import ConfigError
 
         if densenet is None:
             self.net = DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=num_classes)
         else:
             self.net = DenseNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, **dict(densenet))
+        if pool not in ("avg", "max"):
+            raise ConfigError(f"model.net.cls_pool={pool!r}: expected avg | max")
+        if pool == "max":
+            # ours, not the authors': a global max keeps a small enhancing focus visible where the
+            # average over the whole volume dilutes it (same parameters)
+            self.net.class_layers.pool = nn.AdaptiveMaxPool3d(1)
 
     def forward(self, seg_logits: torch.Tensor) -> torch.Tensor:
         return self.net(seg_logits)
@@ -206,7 +214,7 @@ class MTMed3D(nn.Module):
                  normalize: bool = True, use_checkpoint: bool = False, seg_norm: Any = "instance",
                  det_width: int = 96, num_anchors: int = 5, det_classes: int = 1,
                  cls_input: str = "cascade", cls_classes: int = 2,
-                 cls_densenet: Mapping[str, Any] | None = None) -> None:
+                 cls_densenet: Mapping[str, Any] | None = None, cls_pool: str = "avg") -> None:
         super().__init__()
         from medrestore.errors import ConfigError
 
@@ -230,7 +238,7 @@ class MTMed3D(nn.Module):
         if "cls" not in self.tasks:
             self.cls_decoder = None
         elif cls_input == "cascade":
-            self.cls_decoder = CascadeClassifier(seg_channels, cls_classes, cls_densenet)
+            self.cls_decoder = CascadeClassifier(seg_channels, cls_classes, cls_densenet, cls_pool)
         else:
             self.cls_decoder = EncoderClassifier(ch[-1], cls_classes)
 
