@@ -201,3 +201,23 @@ def test_per_group_learning_rates_are_the_authors_and_uncertainty_is_trained():
     assert lrs == {"encoder": 1e-4, "seg": 1e-4, "det": 1e-5, "cls": 1e-5, "balancer": 1e-4}
     grouped = {id(p) for g in opt.param_groups for p in g["params"]}
     assert grouped == {id(p) for p in m.net.parameters()} | {id(m.balancer.log_vars)}
+
+
+def test_test_metrics_carry_the_trivial_predictors():
+    """At test the table holds what chance gives: every brain voxel as tumour, the brain's box
+    as the detection, the more frequent grade as a constant guess."""
+    m = module()
+    box = torch.tensor([[2.0, 2.0, 2.0, 6.0, 6.0, 6.0]])
+    brain = torch.tensor([[0.0, 0.0, 0.0, 32.0, 32.0, 32.0]])
+    item = {"dice": torch.tensor([[0.8, 0.9, 0.7]]), "hd95": torch.tensor([[1.0, 1.0, 1.0]]),
+            "dice_brain": torch.tensor([[0.1, 0.2, 0.0]]),
+            "pred_boxes": [box.clone()], "pred_scores": [torch.tensor([0.9])], "gt_boxes": [box],
+            "brain_boxes": [brain], "prob": torch.tensor([0.9, 0.2, 0.3]),
+            "grade": torch.tensor([1, 0, 0])}
+    metrics = m.compute_metrics([item])
+    assert metrics["map"] == pytest.approx(1.0) and metrics["map_brain_box"] == 0.0
+    assert metrics["dice_brain_wt"] == pytest.approx(0.2)
+    assert metrics["accuracy_majority"] == pytest.approx(2 / 3) and metrics["accuracy"] == 1.0
+    rows = m.results_rows({f"test/{k}": v for k, v in metrics.items()}, "test")
+    assert rows[1]["dice_brain"] == pytest.approx(0.2)
+    assert rows[4]["map_brain_box"] == 0.0 and rows[5]["accuracy_majority"] == pytest.approx(2 / 3)

@@ -346,6 +346,18 @@ class MTMed3DModule(L.LightningModule):
             metas = batch.get("meta") or [{}] * b
             spacing = [list(m.get("spacing") or (1.0, 1.0, 1.0)) for m in metas]
             item["hd95"] = hd95_per_image(pred.cpu(), target.cpu(), spacing=spacing)
+        if stage == "test":
+            # trivial predictors, for the "above chance" question: every brain voxel as tumour,
+            # the brain's bounding box as the detection (score 1); grading: see compute_metrics
+            brain = (x != 0).any(dim=1, keepdim=True)
+            if "seg" in res:
+                item["dice_brain"] = dice_per_image(brain.expand_as(target), target).cpu()
+            if "dets" in res:
+                from medrestore.io.volumes import mask_box
+
+                item["brain_boxes"] = [torch.as_tensor(mask_box(bm[0].cpu().numpy()),
+                                                       dtype=torch.float32).reshape(-1, 6)
+                                       for bm in brain]
         if "dets" in res:
             item["pred_boxes"] = [d["boxes"].cpu() for d in res["dets"]]
             item["pred_scores"] = [d["scores"].cpu() for d in res["dets"]]
@@ -378,16 +390,29 @@ class MTMed3DModule(L.LightningModule):
                 m[f"hd95_{r}"] = float(nan_mean(hd[:, k]))
             m["dice_mean"] = float(dice.mean())
             m["hd95_mean"] = float(nan_mean(torch.tensor([m[f"hd95_{r}"] for r in REGIONS])))
+        if "dice_brain" in items[0]:
+            base = torch.cat([i["dice_brain"] for i in items]).float()
+            for k, r in enumerate(REGIONS):
+                m[f"dice_brain_{r}"] = float(base[:, k].mean())
+            m["dice_brain_mean"] = float(base.mean())
         if "pred_boxes" in items[0]:
             pb = [b for i in items for b in i["pred_boxes"]]
             ps = [s for i in items for s in i["pred_scores"]]
             gb = [g for i in items for g in i["gt_boxes"]]
             m.update({k: float(v) for k, v in detection_map(pb, ps, gb).items()})
+            if "brain_boxes" in items[0]:
+                bb = [b for i in items for b in i["brain_boxes"]]
+                base = detection_map(bb, [torch.ones(len(b)) for b in bb], gb)
+                m.update({f"{k}_brain_box": float(v) for k, v in base.items() if k in ("map", "ap50")})
         if "prob" in items[0]:
             probs = torch.cat([i["prob"] for i in items])
             grades = torch.cat([i["grade"] for i in items])
             cm = classification_metrics(probs, grades)
             m.update({k: float(cm[k]) for k in ("accuracy", "sensitivity", "specificity", "auroc")})
+            known = grades[grades >= 0]
+            if known.numel():   # a constant guess of the more frequent grade
+                share = float((known == 1).float().mean())
+                m["accuracy_majority"] = max(share, 1.0 - share)
         return m
 
     def _finish(self, stage: str) -> dict[str, float]:
@@ -417,15 +442,23 @@ class MTMed3DModule(L.LightningModule):
         rows: list[dict[str, Any]] = []
         if "seg" in self.tasks and "dice_mean" in m:
             for r in REGIONS + ("mean",):
-                rows.append({"task": "segmentation", "region": r.upper() if r != "mean" else "mean",
-                             "dice": m.get(f"dice_{r}"), "hd95": m.get(f"hd95_{r}"), "eval": mode})
+                row = {"task": "segmentation", "region": r.upper() if r != "mean" else "mean",
+                       "dice": m.get(f"dice_{r}"), "hd95": m.get(f"hd95_{r}"), "eval": mode}
+                if f"dice_brain_{r}" in m:
+                    row["dice_brain"] = m[f"dice_brain_{r}"]
+                rows.append(row)
         if "det" in self.tasks and "map" in m:
-            rows.append({"task": "detection", "map": m.get("map"), "ap50": m.get("ap50"),
-                         "mar": m.get("mar"), "eval": mode})
+            row = {"task": "detection", "map": m.get("map"), "ap50": m.get("ap50"),
+                   "mar": m.get("mar"), "eval": mode}
+            row.update({k: m[k] for k in ("map_brain_box", "ap50_brain_box") if k in m})
+            rows.append(row)
         if "cls" in self.tasks and "accuracy" in m:
-            rows.append({"task": "grading", **{k: m.get(k) for k in
-                                               ("accuracy", "sensitivity", "specificity", "auroc")},
-                         "eval": mode})
+            row = {"task": "grading", **{k: m.get(k) for k in
+                                         ("accuracy", "sensitivity", "specificity", "auroc")},
+                   "eval": mode}
+            if "accuracy_majority" in m:
+                row["accuracy_majority"] = m["accuracy_majority"]
+            rows.append(row)
         return rows
 
     # ------------------------------------------------------------------ checkpoints
