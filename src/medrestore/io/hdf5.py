@@ -311,23 +311,37 @@ class PairWriter:
                 for k, v in self.attrs.items():
                     out.file.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
         except Exception:
-            out.close()
-            self.partial.unlink(missing_ok=True)
-            if out.error is not None:     # h5py tripped over a discarded write: that is the cause
-                raise out.failure() from None
+            abandon_partial(out, self.partial)
             raise
-        failed = out.close()
-        if exc_type is None and failed is None:
-            try:
-                os.replace(self.partial, self.path)
-            except OSError as e:
-                self.partial.unlink(missing_ok=True)
-                raise ShardError(f"{self.path}: cannot rename {self.partial.name} into place "
-                                 f"({e.strerror or e})") from None
-            return
-        self.partial.unlink(missing_ok=True)
-        if failed is not None and (exc_type is None or not issubclass(exc_type, MedrestoreError)):
-            raise out.failure() from None
+        close_partial(out, self.partial, self.path, exc_type, ShardError)
+
+
+def abandon_partial(out: SafeH5, partial: Path) -> None:
+    """Close and delete a half-written ``<file>.partial`` after an error while finishing it;
+    when h5py tripped over a write that had already failed, raise that failure instead."""
+    out.close()
+    partial.unlink(missing_ok=True)
+    if out.error is not None:
+        raise out.failure() from None
+
+
+def close_partial(out: SafeH5, partial: Path, path: Path, exc_type: type | None,
+                  error: type[MedrestoreError]) -> None:
+    """The end of every writer of ours: close ``partial`` and rename it to ``path`` when the
+    ``with`` block and every write succeeded; otherwise delete it (an existing ``path`` is never
+    touched) and raise the failed write unless the block already raised a user-facing error."""
+    failed = out.close()
+    if exc_type is None and failed is None:
+        try:
+            os.replace(partial, path)
+        except OSError as e:
+            partial.unlink(missing_ok=True)
+            raise error(f"{path}: cannot rename {partial.name} into place "
+                        f"({e.strerror or e})") from None
+        return
+    partial.unlink(missing_ok=True)
+    if failed is not None and (exc_type is None or not issubclass(exc_type, MedrestoreError)):
+        raise out.failure() from None
 
 
 def _chunks(shape: tuple[int, ...], size: int) -> tuple[int, int, int]:

@@ -195,6 +195,8 @@ class VolumeWriter:
         return cid
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        from medrestore.io.hdf5 import abandon_partial, close_partial
+
         out, self._out = self._out, None
         assert out is not None
         try:
@@ -208,23 +210,9 @@ class VolumeWriter:
                 for k, v in self.attrs.items():
                     f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
         except Exception:
-            out.close()
-            self.partial.unlink(missing_ok=True)
-            if out.error is not None:
-                raise out.failure() from None
+            abandon_partial(out, self.partial)
             raise
-        failed = out.close()
-        if exc_type is None and failed is None:
-            try:
-                os.replace(self.partial, self.path)
-            except OSError as e:
-                self.partial.unlink(missing_ok=True)
-                raise VolumeStoreError(f"{self.path}: cannot rename {self.partial.name} into "
-                                       f"place ({e.strerror or e})") from None
-            return
-        self.partial.unlink(missing_ok=True)
-        if failed is not None and (exc_type is None or not issubclass(exc_type, MedrestoreError)):
-            raise out.failure() from None
+        close_partial(out, self.partial, self.path, exc_type, VolumeStoreError)
 
 
 # --------------------------------------------------------------------------------------------
