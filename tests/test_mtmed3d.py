@@ -88,6 +88,30 @@ def test_bad_options_are_config_errors():
         mtmed3d_tiny(tasks=["seg", "grading"])
     with pytest.raises(ConfigError, match="cls_input"):
         mtmed3d_tiny(cls_input="pooled")
+    with pytest.raises(ConfigError, match="cls_activation"):
+        mtmed3d_tiny(cls_activation="softmax")
+
+
+def test_cascade_options_change_what_the_grader_reads_and_where_its_loss_stops():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 32, 32, 32)
+    theirs = mtmed3d_tiny(tasks=("seg", "cls")).eval()
+    ours = mtmed3d_tiny(tasks=("seg", "cls"), cls_activation="sigmoid", cls_detach=True).eval()
+    ours.load_state_dict(theirs.state_dict())          # the options add no parameters
+    seen = []
+    for net in (theirs, ours):
+        hook = net.cls_decoder.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        out = net(x)
+        hook.remove()
+        # the grading loss reaches the segmentation decoder in the authors' cascade only
+        (g,) = torch.autograd.grad(out["cls"].sum(), net.seg_decoder.out.conv.conv.weight,
+                                   allow_unused=True, retain_graph=True)
+        assert (g is not None and g.abs().sum() > 0) == (net is theirs)
+        # ... and the segmentation loss still trains both
+        (g,) = torch.autograd.grad(out["seg"].mean(), net.seg_decoder.out.conv.conv.weight)
+        assert g.abs().sum() > 0
+    torch.testing.assert_close(seen[1], torch.sigmoid(seen[0]).detach())
+    assert seen[0].min() < 0 and 0 <= seen[1].min() and seen[1].max() <= 1
 
 
 # ------------------------------------------------------------------ detection utilities

@@ -91,7 +91,98 @@ class ResumableLoader(DataLoader):
         self._resume = (int(state["epoch"]), int(state["batches"]))
 
 
-class MultiTaskDataModule(L.LightningDataModule):
+class BalancedDataModule(L.LightningDataModule):
+    """What every task-balanced DataModule shares (restoration pairs, lesion segmentation): the
+    distributed context, the balanced training loader with exact resume and its checkpoint
+    state, and the rank-strided evaluation loaders.
+
+    A subclass sets ``collate_fn`` and the attributes read here (``batch_size`` global,
+    ``balance``, ``weights``, ``samples_per_epoch``, ``seed``, ``num_workers``, ``pin_memory``,
+    ``val_batch_size``, ``test_batch_size``) and provides ``dataset(name)``,
+    ``train_sampler(rank, world_size)`` (usually through :meth:`_balanced_sampler`) and
+    ``_eval_dataset(name)`` -> ``(dataset, what to say when it is empty)``."""
+
+    collate_fn: Any = None
+
+    def _init_loader_state(self) -> None:
+        self.batch_size_per_device = self.batch_size
+        self._train_loader: ResumableLoader | None = None
+        self._train_resume: dict[str, int] | None = None  # from a checkpoint, until fit ends
+
+    # -- distributed context ---------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def _check_world(self) -> None:
+        """The global batch must split evenly over the ranks (called by ``setup``)."""
+        _, world = self._rank_world()
+        if self.batch_size % world:
+            raise ConfigError(f"data.batch_size={self.batch_size} (global) is not divisible by "
+                              f"the world size {world}")
+        self.batch_size_per_device = self.batch_size // world
+
+    def _balanced_sampler(self, pools: Sequence[Sequence[int]], names: Sequence[str], rank: int,
+                          world_size: int) -> BalancedBatchSampler:
+        num_batches = None
+        if self.samples_per_epoch is not None:
+            num_batches = max(1, self.samples_per_epoch // self.batch_size)
+        return BalancedBatchSampler(pools, self.batch_size // world_size,
+                                    weights=[float(self.weights.get(n, 1.0)) for n in names],
+                                    balance=self.balance, num_batches=num_batches, rank=rank,
+                                    world_size=world_size, seed=self.seed)
+
+    # -- loaders ---------------------------------------------------------------------------
+    def _workers(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "collate_fn": type(self).collate_fn,
+                "pin_memory": self.pin_memory, "persistent_workers": self.num_workers > 0}
+
+    def train_dataloader(self) -> ResumableLoader:
+        rank, world = self._rank_world()
+        loader = ResumableLoader(self.dataset("train"), batch_sampler=self.train_sampler(rank, world),
+                                 generator=torch.Generator(), **self._workers())
+        if self._train_resume is not None:
+            loader.load_state_dict(self._train_resume)
+        self._train_loader = loader
+        return loader
+
+    def _eval_loader(self, name: str, batch_size: int) -> DataLoader:
+        rank, world = self._rank_world()
+        ds, empty = self._eval_dataset(name)
+        if len(ds) == 0:
+            raise ConfigError(empty)
+        return DataLoader(ds, batch_size=batch_size, sampler=StridedEvalSampler(len(ds), rank, world),
+                          drop_last=False, **self._workers())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val", self.val_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test", self.test_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("predict", self.test_batch_size)
+
+    # -- checkpoint state (see the module docstring) ----------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self._train_loader is None:
+            return {}
+        return {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        trainer = getattr(self, "trainer", None)
+        fitting = trainer is None or trainer.state.fn == "fit"  # test / validate restore it too
+        if "train_loader" in state_dict and fitting:
+            self._train_resume = {k: int(v) for k, v in state_dict["train_loader"].items()}
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":  # a later fit of this DataModule starts where it is told to
+            self._train_resume = None
+
+
+class MultiTaskDataModule(BalancedDataModule):
     """Prepared HDF5 shards -> balanced training patches and full-image val/test sets.
 
     Args:
@@ -126,6 +217,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             workers). See :mod:`medrestore.datasets.pairs`.
     """
 
+    collate_fn = collate_samples
+
     def __init__(self, sets: Any, tasks: Sequence[str] | None = None, patch_size: int = 128,
                  batch_size: int = 8, balance: str = "equal", group_by: str = "task",
                  weights: Mapping[str, float] | None = None, samples_per_epoch: int | None = None,
@@ -159,14 +252,12 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.seed, self.pad_small = int(seed), bool(pad_small)
         self.degrade_on = check_degrade_on(degrade_on)
         self.splits = {"val": val_split, "test": test_split, "predict": predict_split}
-        self.batch_size_per_device = self.batch_size
+        self._init_loader_state()
         self._sets: dict[str, Any] = {}
         self._groups: tuple[list[str], list[list[int]]] | None = None
         self.text_cache_path = None if text_cache in (None, "") else str(text_cache)
         self.expected_text_dim = None if text_dim is None else int(text_dim)
         self._text = None
-        self._train_loader: ResumableLoader | None = None
-        self._train_resume: dict[str, int] | None = None  # from a checkpoint, until fit ends
         if self.text_cache_path is None and text_dim is not None:
             raise ConfigError(f"data.text_dim={text_dim} is set but data.text_cache is not")
 
@@ -189,19 +280,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         cache = self.text_cache()
         return None if cache is None else cache.dim
 
-    # -- distributed context ---------------------------------------------------------------
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)
-
     def setup(self, stage: str | None = None) -> None:
-        _, world = self._rank_world()
-        if self.batch_size % world:
-            raise ConfigError(f"data.batch_size={self.batch_size} (global) is not divisible by "
-                             f"the world size {world}")
-        self.batch_size_per_device = self.batch_size // world
+        self._check_world()
         if stage in (None, "fit") and "train" not in self._sets:
             rows = load_sets(self.sets, ["train"])
             if not rows:
@@ -243,58 +323,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.dataset("train")
         assert self._groups is not None
         names, pools = self._groups
-        b = self.batch_size // world_size
-        num_batches = None
-        if self.samples_per_epoch is not None:
-            num_batches = max(1, self.samples_per_epoch // self.batch_size)
-        return BalancedBatchSampler(pools, b, weights=[float(self.weights.get(n, 1.0)) for n in names],
-                                    balance=self.balance, num_batches=num_batches, rank=rank,
-                                    world_size=world_size, seed=self.seed)
+        return self._balanced_sampler(pools, names, rank, world_size)
 
-    # -- loaders ---------------------------------------------------------------------------
-    def _workers(self) -> dict[str, Any]:
-        return {"num_workers": self.num_workers, "collate_fn": collate_samples,
-                "pin_memory": self.pin_memory, "persistent_workers": self.num_workers > 0}
-
-    def train_dataloader(self) -> ResumableLoader:
-        rank, world = self._rank_world()
-        loader = ResumableLoader(self.dataset("train"), batch_sampler=self.train_sampler(rank, world),
-                                 generator=torch.Generator(), **self._workers())
-        if self._train_resume is not None:
-            loader.load_state_dict(self._train_resume)
-        self._train_loader = loader
-        return loader
-
-    # -- checkpoint state (see the module docstring) ----------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        if self._train_loader is None:
-            return {}
-        return {"train_loader": self._train_loader.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        trainer = getattr(self, "trainer", None)
-        fitting = trainer is None or trainer.state.fn == "fit"  # test / validate restore it too
-        if "train_loader" in state_dict and fitting:
-            self._train_resume = {k: int(v) for k, v in state_dict["train_loader"].items()}
-
-    def teardown(self, stage: str) -> None:
-        if stage == "fit":  # a later fit of this DataModule starts where it is told to
-            self._train_resume = None
-
-    def _eval_loader(self, name: str, batch_size: int) -> DataLoader:
-        rank, world = self._rank_world()
-        ds = self.dataset(name)
-        if len(ds) == 0:
-            raise ConfigError(f"no '{self.splits[name]}' samples in {[s['shard'] for s in self.sets]}"
-                             + (f" for tasks {self.tasks}" if self.tasks else ""))
-        return DataLoader(ds, batch_size=batch_size, sampler=StridedEvalSampler(len(ds), rank, world),
-                          drop_last=False, **self._workers())
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val", self.val_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test", self.test_batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("predict", self.test_batch_size)
+    def _eval_dataset(self, name: str) -> tuple[Any, str]:
+        return self.dataset(name), (f"no '{self.splits[name]}' samples in "
+                                    f"{[s['shard'] for s in self.sets]}"
+                                    + (f" for tasks {self.tasks}" if self.tasks else ""))

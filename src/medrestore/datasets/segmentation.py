@@ -36,13 +36,12 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from medrestore.datasets.datamodule import ResumableLoader
-from medrestore.datasets.samplers import BalancedBatchSampler, StridedEvalSampler
+from medrestore.datasets.datamodule import BalancedDataModule
+from medrestore.datasets.samplers import BalancedBatchSampler
 from medrestore.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -171,7 +170,7 @@ def normalise_roots(roots: Any) -> list[dict[str, Any]]:
     return out
 
 
-class SegDataModule(L.LightningDataModule):
+class SegDataModule(BalancedDataModule):
     """Lesion-segmentation trees -> task-balanced training batches and per-task val / test.
 
     Args:
@@ -189,6 +188,8 @@ class SegDataModule(L.LightningDataModule):
         pre_normalise: see the module docstring; also settable later with
             :meth:`set_pre_normalise` (the downstream-evaluation harness does).
     """
+
+    collate_fn = collate_seg
 
     def __init__(self, root: Any, tasks: Sequence[str] | None = None, image_size: int = 512,
                  batch_size: int = 8, val_batch_size: int | None = None,
@@ -225,8 +226,7 @@ class SegDataModule(L.LightningDataModule):
         if self._tasks is not None and len(set(self._tasks)) != len(self._tasks):
             raise ConfigError(f"data.tasks has duplicates: {self._tasks}")
         self._sets: dict[str, SegDataset] = {}
-        self._train_loader: ResumableLoader | None = None
-        self._train_resume: dict[str, int] | None = None
+        self._init_loader_state()
 
     # -- trees and tasks -------------------------------------------------------------------
     def stores(self) -> list[Any]:
@@ -284,17 +284,8 @@ class SegDataModule(L.LightningDataModule):
                 for r in self._store_rows(st, root, split) if r["task"] in tasks]
 
     # -- datasets ----------------------------------------------------------------------------
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)
-
     def setup(self, stage: str | None = None) -> None:
-        _, world = self._rank_world()
-        if self.batch_size % world:
-            raise ConfigError(f"data.batch_size={self.batch_size} (global) is not divisible by "
-                              f"the world size {world}")
+        self._check_world()
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
                   "predict": ("test",), None: ("train", "val", "test")}.get(stage, (stage,))
         for split in wanted:
@@ -332,60 +323,11 @@ class SegDataModule(L.LightningDataModule):
     def train_sampler(self, rank: int = 0, world_size: int = 1) -> BalancedBatchSampler:
         ds = self.dataset("train")
         groups = [[i for i, r in enumerate(ds.rows) if r["task"] == t] for t in self.tasks]
-        num_batches = None
-        if self.samples_per_epoch is not None:
-            num_batches = max(1, self.samples_per_epoch // self.batch_size)
-        return BalancedBatchSampler(groups, self.batch_size // world_size,
-                                    weights=[float(self.weights.get(t, 1.0)) for t in self.tasks],
-                                    balance=self.balance, num_batches=num_batches, rank=rank,
-                                    world_size=world_size, seed=self.seed)
+        return self._balanced_sampler(groups, self.tasks, rank, world_size)
 
-    def _loader_kw(self) -> dict[str, Any]:
-        return {"num_workers": self.num_workers, "collate_fn": collate_seg,
-                "pin_memory": self.pin_memory, "persistent_workers": self.num_workers > 0}
-
-    def train_dataloader(self) -> ResumableLoader:
-        rank, world = self._rank_world()
-        loader = ResumableLoader(self.dataset("train"), batch_sampler=self.train_sampler(rank, world),
-                                 generator=torch.Generator(), **self._loader_kw())
-        if self._train_resume is not None:
-            loader.load_state_dict(self._train_resume)
-        self._train_loader = loader
-        return loader
-
-    def _eval_loader(self, split: str, batch_size: int) -> DataLoader:
-        rank, world = self._rank_world()
-        ds = self.dataset(split)
-        if len(ds) == 0:
-            raise ConfigError(f"no '{split}' samples in {[r['root'] for r in self.roots]} for "
-                              f"tasks {self.tasks}")
-        return DataLoader(ds, batch_size=batch_size, sampler=StridedEvalSampler(len(ds), rank, world),
-                          drop_last=False, **self._loader_kw())
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val", self.val_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test", self.test_batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("test", self.test_batch_size)
-
-    # -- checkpoint state (as MultiTaskDataModule) ------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        if self._train_loader is None:
-            return {}
-        return {"train_loader": self._train_loader.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        trainer = getattr(self, "trainer", None)
-        fitting = trainer is None or trainer.state.fn == "fit"
-        if "train_loader" in state_dict and fitting:
-            self._train_resume = {k: int(v) for k, v in state_dict["train_loader"].items()}
-
-    def teardown(self, stage: str) -> None:
-        if stage == "fit":
-            self._train_resume = None
-
+    def _eval_dataset(self, name: str) -> tuple[SegDataset, str]:
+        split = "test" if name == "predict" else name
+        return self.dataset(split), (f"no '{split}' samples in {[r['root'] for r in self.roots]} "
+                                     f"for tasks {self.tasks}")
 
 SPLIT_NAMES = ("train", "val", "test")

@@ -134,30 +134,40 @@ _READ_OPTIONS: dict[str, Any] = {}
 # running
 
 
-def refuse_existing(out: Path, overwrite: bool) -> None:
+def refuse_existing(out: Path, overwrite: bool, error: type[Exception] | None = None) -> None:
     # checked before any slow work, so a mistyped path costs nothing and loses nothing
-    from medrestore.io.hdf5 import ShardError
-
+    if error is None:
+        from medrestore.io.hdf5 import ShardError as error
     if out.exists() and not overwrite:
-        raise ShardError(f"{out}: already exists; pass --overwrite to replace it")
+        raise error(f"{out}: already exists; pass --overwrite to replace it")
 
 
-def run_converter(conv: Converter, opts: Options) -> dict[str, Any]:
-    """Discover, split, convert and write; returns ``{path, counts, units, samples, seconds,
-    notes}`` plus the converter's :meth:`~Converter.report`."""
-    run_all = getattr(conv, "run_all", None)
-    if callable(run_all):   # a converter writing another store (3-D volumes, lesion trees)
-        return run_all(opts)
+@dataclass
+class Plan:
+    """What every converter run knows before it writes: the output, the start time, the
+    source root (or ``None``), the units to convert and the store's attributes."""
+
+    out: Path
+    t0: float
+    src: Path | None
+    items: list[Item]
+    attrs: dict[str, Any]
+
+
+def plan_run(conv: Converter, opts: Options, error: type[Exception]) -> Plan:
+    """The opening every store writer shares: refuse an existing output, validate the options,
+    check the free space (before discovery when the converter knows its size, else from the
+    discovered units), discover and split the units (``--limit`` applied) and the attributes
+    (``dataset``, ``source_root``, ``seed``, ``args``). ``error`` is the store's error class."""
     from medrestore.io.base import ensure_free_space
-    from medrestore.io.hdf5 import PairWriter, ShardError
 
     out = Path(opts.out)
-    refuse_existing(out, bool(opts.overwrite))
+    refuse_existing(out, bool(opts.overwrite), error)
     opts.validate()
     t0 = time.perf_counter()
     space = conv.space_needed(opts, None)
     if space is not None:
-        ensure_free_space(out, space[0], ShardError, space[1])
+        ensure_free_space(out, space[0], error, space[1])
     conv.check(opts)
     src = opts.src if isinstance(opts, SourceOptions) else None
     items = conv.discover(opts)
@@ -166,12 +176,26 @@ def run_converter(conv: Converter, opts: Options) -> dict[str, Any]:
     if not items:
         raise ConvertError(f"{conv.name}: nothing to convert under {src}")
     if space is None:
-        needed, basis = conv.space_needed(opts, items)
-        ensure_free_space(out, needed, ShardError, basis)
+        space = conv.space_needed(opts, items)
+        if space is not None:
+            ensure_free_space(out, space[0], error, space[1])
     attrs: dict[str, Any] = {"dataset": conv.name}
     if src is not None:
-        attrs["source_root"] = str(src.resolve())
+        attrs["source_root"] = str(Path(src).resolve())
     attrs.update(seed=int(opts.seed), args={"dataset": conv.name, **opts.as_dict()})
+    return Plan(out, t0, None if src is None else Path(src), list(items), attrs)
+
+
+def run_converter(conv: Converter, opts: Options) -> dict[str, Any]:
+    """Discover, split, convert and write; returns ``{path, counts, units, samples, seconds,
+    notes}`` plus the converter's :meth:`~Converter.report`."""
+    run_all = getattr(conv, "run_all", None)
+    if callable(run_all):   # a converter writing another store (3-D volumes, lesion trees)
+        return run_all(opts)
+    from medrestore.io.hdf5 import PairWriter, ShardError
+
+    plan = plan_run(conv, opts, ShardError)
+    out, t0, src, items, attrs = plan.out, plan.t0, plan.src, plan.items, plan.attrs
     counts: dict[str, dict[str, int]] = {}
     units: dict[str, int] = {s: 0 for s in SPLITS}
     key_unit: dict[str, str] = {}

@@ -50,11 +50,9 @@ from medrestore.prepare.base import (
     Converter,
     Item,
     _naming_source,
-    check_units,
     explicit_ids,
-    limit_items,
     natural_key,
-    refuse_existing,
+    plan_run,
     relpath,
     split_units,
 )
@@ -121,27 +119,10 @@ def run_volume_converter(conv: VolumeConverter, opts: Options) -> dict[str, Any]
     plus ``grades`` (split -> {grade: cases})."""
     from tqdm import tqdm
 
-    from medrestore.io.base import ensure_free_space
     from medrestore.io.volumes import VolumeStoreError, VolumeWriter
 
-    out = Path(opts.out)
-    refuse_existing(out, bool(opts.overwrite))
-    opts.validate()
-    t0 = time.perf_counter()
-    conv.check(opts)
-    src = opts.src if isinstance(opts, SourceOptions) else None
-    items = conv.discover(opts)
-    check_units(items, conv.name)
-    items = limit_items(items, opts.limit if isinstance(opts, SourceOptions) else None)
-    if not items:
-        raise ConvertError(f"{conv.name}: nothing to convert under {src}")
-    space = conv.space_needed(opts, items)
-    if space is not None:
-        ensure_free_space(out, space[0], VolumeStoreError, space[1])
-    attrs: dict[str, Any] = {"dataset": conv.name, "seed": int(opts.seed),
-                             "args": {"dataset": conv.name, **opts.as_dict()}}
-    if src is not None:
-        attrs["source_root"] = str(src.resolve())
+    plan = plan_run(conv, opts, VolumeStoreError)
+    out, t0, src, items, attrs = plan.out, plan.t0, plan.src, plan.items, plan.attrs
     counts = {s: 0 for s in SPLITS}
     grades: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
     bar = tqdm(items, desc=conv.name, unit=conv.unit, disable=bool(opts.quiet),

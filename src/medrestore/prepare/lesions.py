@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 
@@ -31,11 +31,9 @@ from medrestore.prepare.base import (
     ConvertError,
     Item,
     _naming_source,
-    _source_bytes,
-    check_units,
-    limit_items,
     natural_key,
     relpath,
+    plan_run,
     split_by_fractions,
 )
 from medrestore.prepare.options import Options, SourceOptions, option, split_fractions
@@ -69,28 +67,10 @@ class SegConverter(Converter):
     def run_all(self, opts: Options) -> dict[str, Any]:
         """Discover, split, convert and write the tree; returns the summary
         (``path, counts, units, samples, seconds, notes``) as :func:`.base.run_converter`."""
-        from medrestore.io.base import ensure_free_space
         from medrestore.io.segstore import SegStoreError, SegStoreWriter
 
-        out = Path(opts.out)
-        if out.exists() and not opts.overwrite:
-            raise SegStoreError(f"{out}: already exists; pass --overwrite to replace it")
-        opts.validate()
-        t0 = time.perf_counter()
-        self.check(opts)
-        src = opts.src if isinstance(opts, SourceOptions) else None
-        items = self.discover(opts)
-        check_units(items, self.name)
-        items = limit_items(items, opts.limit if isinstance(opts, SourceOptions) else None)
-        if not items:
-            raise ConvertError(f"{self.name}: nothing to convert under {src}")
-        space = self.space_needed(opts, items)
-        if space is not None:
-            ensure_free_space(out, space[0], SegStoreError, space[1])
-        attrs: dict[str, Any] = {"dataset": self.name, "seed": int(opts.seed),
-                                 "args": {"dataset": self.name, **opts.as_dict()}}
-        if src is not None:
-            attrs["source_root"] = str(Path(src).resolve())
+        plan = plan_run(self, opts, SegStoreError)
+        out, t0, src, items, attrs = plan.out, plan.t0, plan.src, plan.items, plan.attrs
         counts: dict[str, dict[str, int]] = {t["name"]: {s: 0 for s in SPLITS}
                                              for t in self.tasks(opts)}
         units = {s: 0 for s in SPLITS}

@@ -15,7 +15,11 @@ Pure ``nn.Module`` s built from MONAI parts (no training logic; see
   parameters, as in the authors' network);
 * **classification decoder** -- MONAI ``DenseNet121`` (3-D, 3 -> 2) on the segmentation
   logits (the authors' cascade), or ``cls_input="encoder"``: global average pool of h4 and one
-  linear layer. The latter is **our option**, not in the authors' code.
+  linear layer. The latter is **our option**, not in the authors' code. Two more options of ours
+  for the cascade: ``cls_activation="sigmoid"`` grades from the region probabilities instead of
+  the raw logits (bounded input: a logit of +10 and one of +30 say the same thing), and
+  ``cls_detach=True`` stops the grading loss at the segmentation output, so it cannot pull the
+  segmentation decoder and encoder towards what helps grading alone.
 
 Which decoders exist is set by ``tasks`` (any non-empty subset of ``seg``, ``det``, ``cls``).
 With ``cls`` in cascade mode the segmentation decoder is always built and run, since the grade
@@ -214,13 +218,17 @@ class MTMed3D(nn.Module):
                  normalize: bool = True, use_checkpoint: bool = False, seg_norm: Any = "instance",
                  det_width: int = 96, num_anchors: int = 5, det_classes: int = 1,
                  cls_input: str = "cascade", cls_classes: int = 2,
-                 cls_densenet: Mapping[str, Any] | None = None, cls_pool: str = "avg") -> None:
+                 cls_densenet: Mapping[str, Any] | None = None, cls_pool: str = "avg",
+                 cls_activation: str = "none", cls_detach: bool = False) -> None:
         super().__init__()
         from medrestore.errors import ConfigError
 
         self.tasks = _check_tasks(tasks)
         if cls_input not in ("cascade", "encoder"):
             raise ConfigError(f"model.net.cls_input={cls_input!r}: expected cascade | encoder")
+        if cls_activation not in ("none", "sigmoid"):
+            raise ConfigError(f"model.net.cls_activation={cls_activation!r}: expected none | sigmoid")
+        self.cls_activation, self.cls_detach = cls_activation, bool(cls_detach)
         if len(depths) != 4:
             raise ConfigError(f"model.net.depths={list(depths)}: expected 4 stages (5 encoder maps)")
         self.cls_input = cls_input
@@ -268,8 +276,15 @@ class MTMed3D(nn.Module):
         if self.det_decoder is not None:
             out["det"] = self.det_decoder(feats)
         if self.cls_decoder is not None:
-            out["cls"] = self.cls_decoder(seg if self.cls_input == "cascade" else feats[-1])
+            out["cls"] = self.cls_decoder(self._grading_input(seg) if self.cls_input == "cascade"
+                                          else feats[-1])
         return out
+
+    def _grading_input(self, seg: torch.Tensor) -> torch.Tensor:
+        # the options are ours; the authors' cascade reads the raw, attached logits
+        if self.cls_detach:
+            seg = seg.detach()
+        return torch.sigmoid(seg) if self.cls_activation == "sigmoid" else seg
 
 
 # ------------------------------------------------------------------------------ factories
