@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt", type=Path, nargs="+", default=None)
     ap.add_argument("--out", type=Path, default=Path("data/demo/predict"))
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--cases", nargs="+", choices=("ld_256", "ld_512"), default=["ld_256", "ld_512"],
+                    help="the demo shard's test slice (256²) and / or the file at full size (512²)")
     args = ap.parse_args(argv)
 
     from medrestore.degradations import ct
@@ -78,14 +80,17 @@ def main(argv: list[str] | None = None) -> None:
     key = "ct.pydicom.J2K_pixelrep_mismatch"
 
     # the demo shard's test slice (256²) and the file at full resolution (512²)
-    small = next(c for c in ct_images(256) if c.key == key)
     original = src.source_path("pydicom", "data/test_files/J2K_pixelrep_mismatch.dcm")
-    full, meta = read_image(original)
-    full = np.maximum(full[0], -1024.0)       # padding outside the scan field -> air, as the demo
+    todo = []
+    if "ld_256" in args.cases:
+        small = next(c for c in ct_images(256) if c.key == key)
+        todo.append(("ld_256", small.image, small.spacing[0], None, None))
+    if "ld_512" in args.cases:
+        full, meta = read_image(original)
+        full = np.maximum(full[0], -1024.0)   # padding outside the scan field -> air, as the demo
+        todo.append(("ld_512", full, float(meta["spacing"][1]), original, 256))
     cases = []
-    for name, clean, px, ref, tile in (
-            ("ld_256", small.image, small.spacing[0], None, None),
-            ("ld_512", full, float(meta["spacing"][1]), original, 256)):
+    for name, clean, px, ref, tile in todo:
         rng = keyed_rng(f"ct_denoise:{key}" + ("" if name == "ld_256" else ":native"), 0)
         ld = ct.low_dose_ct(clean, s["dose_factor"], s["i0"], px, s["electronic_noise_std"],
                             rng=rng, n_angles=ct.default_n_angles(max(clean.shape)))

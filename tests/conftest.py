@@ -12,6 +12,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+# Subprocesses (CLI runs, DDP ranks, the killed runs of the resume tests) run several at a time
+# on 2 cores: one OpenMP thread each, or their spinning threads starve each other (the kill -9
+# fixture took 57 s instead of 19). This process keeps the thread count it had.
+import torch  # noqa: E402  (after the offline settings, before the thread setting)
+
+_THREADS = torch.get_num_threads()
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(_THREADS)
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 

@@ -57,5 +57,18 @@ def main(out: Path, shard: str, args: list[str]) -> None:
                 "lr": opt.param_groups[0]["lr"]}, out / "result.pt")
 
 
+def run_here(out: Path, shard: Path, args: list[str]) -> dict:
+    """:func:`main` in the calling process, returning ``result.pt``. The runs it is compared
+    with are subprocesses with one OpenMP thread (tests/conftest.py): the same thread count
+    here, so the float summation order, and with it every bit of the weights, is the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", threads)))
+    try:
+        main(out, str(shard), args)
+    finally:
+        torch.set_num_threads(threads)
+    return torch.load(out / "result.pt", weights_only=True)
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2], sys.argv[3:])

@@ -1,6 +1,6 @@
 """Experiment operations under DDP (2 gloo CPU processes, ``trainer=ddp_sim``), via the CLIs.
 
-One run logs once: one run directory, one CSV log (``csv/version_0`` only), one W&B offline
+One run logs once (and tests each test image once, on one of the ranks): one run directory, one CSV log (``csv/version_0`` only), one W&B offline
 run, and medrestore's own log lines once in ``<task_name>.log``. A recipe fitted to the 2
 ranks (global batch 12 = 2 devices × 3 per device × accumulate 2) trains the recipe's optimiser
 steps and prints its summary once.
@@ -20,6 +20,7 @@ changes the summation order of the update), which is why the same checkpoint is 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def test_ddp_run_logs_once_and_validates_like_one_process(tmp_path):
     log = _run("medrestore.cli.train", [
         *data, "model=restormer_tiny", "trainer=ddp_sim", "logger=[csv,wandb]", "task_name=ddp",
         "data.patch_size=32", "data.samples_per_epoch=24", "trainer.log_every_n_steps=1",
-        "~callbacks.model_summary", "test=false", "validate_best=false",  # the in-fit validation
+        "~callbacks.model_summary", "validate_best=false",  # the in-fit validation is compared
         "+recipe.global_batch=12", "+recipe.total_steps=4", "+recipe.max_per_device=3"])
     assert "MEMBER: 2/2" in log or "distributed_backend=gloo" in log
     assert log.count("recipe: global batch 12 = 2 devices × 3 per device × accumulate 2") == 1
@@ -75,6 +76,9 @@ def test_ddp_run_logs_once_and_validates_like_one_process(tmp_path):
     for line in ("model restormer_tiny: 191,755 parameters", "Output dir:"):
         assert text.count(line) == 1, (line, text)
     assert (run / "config_resolved.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    # the test after the fit counts each test image once (3 per task): no padding duplicates
+    rows = json.loads((run / "results_test.json").read_text())
+    assert {r["task"]: r["n"] for r in rows if r["n"] != ""} == {t: 3 for t in TOY_TASKS}
 
     ddp_val = _last_row(metrics_csv, "val/psnr")
     assert ddp_val["step"] == 3                    # Lightning logs it at the last step, 0-based

@@ -375,23 +375,6 @@ def test_too_few_images_say_why_there_is_no_p_value(compare_setup, toy_shard):
     assert "n/a (1 non-zero difference(s) < 6" in (run / "paired_test.md").read_text()
 
 
-def test_cli_missing_checkpoint_among_several_is_one_line_exit_2(compare_setup, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    root, shard, ckpts = compare_setup
-    out = subprocess.run([sys.executable, "-m", "medrestore.cli.eval", *_overrides(shard),
-                          f"ckpt_path=[{ckpts['identity']},{root / 'gone.ckpt'}]",
-                          f"paths.log_dir={tmp_path}/logs"], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
-    err = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
-    assert out.returncode == 2 and len(err) == 1, out.stderr[-2000:]
-    assert f"ckpt_path[1]={root / 'gone.ckpt'}: no such checkpoint file" in err[0]
-    assert "Traceback" not in out.stderr
-
-
 def test_protocol_auto_follows_the_checkpoints_when_they_agree(compare_setup, tmp_path, caplog):
     """The default ``protocol=auto``: a checkpoint trained to report ``tat`` is scored with it;
     checkpoints recording different protocols fall back to each task's default, said once."""

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import CONF, REPO, compose, tiny_overrides
+from resume_probe import run_here as _probe
 from medrestore.errors import ConfigError
 from medrestore.modules.checkpoint import checkpoint_config, checkpoint_normalisation
 from medrestore.modules.resume import config_differences, find_resume_checkpoint
@@ -25,14 +26,6 @@ SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE
              "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
 
 
-def _probe(out: Path, shard: Path, args: list[str]) -> dict:
-    sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from resume_probe import main
-    finally:
-        sys.path.remove(str(REPO / "tests"))
-    main(out, str(shard), args)
-    return torch.load(out / "result.pt", weights_only=True)
 
 
 class SignalAt(L.Callback):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from resume_probe import run_here as _probe
 from medrestore.datasets.datamodule import MultiTaskDataModule, ResumableLoader
 from medrestore.datasets.samplers import BalancedBatchSampler
 from medrestore.modules.resume import RngState, rng_states, set_rng_states
@@ -26,15 +27,6 @@ SCENARIOS = {"mid_epoch": (10, [STEP_CKPT]), "epoch_end": (8, []),
              "mid_epoch_workers": (10, [STEP_CKPT, "data.num_workers=1"])}
 
 
-def _probe(out: Path, shard: Path, args: list[str]) -> dict:
-    """Run tests/resume_probe.py in this process (the killed runs are subprocesses)."""
-    sys.path.insert(0, str(PROBE.parent))
-    try:
-        from resume_probe import main
-    finally:
-        sys.path.remove(str(PROBE.parent))
-    main(out, str(shard), args)
-    return torch.load(out / "result.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,9 @@ def _cli(args, cwd: Path, env_extra=None):
                           text=True, env=env, timeout=300)
 
 
-def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
+def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
+    # the real entry point once (exit code, stderr); more bad inputs in-process, through the
+    # same function (each CLI process costs ~8 s of imports; tests/test_bad_inputs.py has more)
     out = _cli(["medrestore.cli.train", f"data.sets=[{tmp_path / 'missing.h5'}]",
                 f"paths.log_dir={tmp_path}/logs", "trainer.enable_progress_bar=false"], tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
@@ -82,13 +84,12 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
     assert len(err_lines) == 1 and "missing.h5: no such shard" in err_lines[0]
     assert "Traceback" not in out.stderr
 
-    out = _cli(["medrestore.cli.train", "data.tasks=[ct_denoising]",
-                f"paths.log_dir={tmp_path}/logs"], tmp_path)
-    assert out.returncode == 2 and "unknown task 'ct_denoising'" in out.stderr
+    from medrestore.cli.train import train
 
-    out = _cli(["medrestore.cli.eval", f"ckpt_path={tmp_path / 'nope.ckpt'}",
-                f"paths.log_dir={tmp_path}/logs"], tmp_path)
-    assert out.returncode == 2 and "nope.ckpt: no such checkpoint file" in out.stderr
+    cfg = compose("train", ["data.tasks=[ct_denoising]"], tmp_path / "run")
+    with pytest.raises(SystemExit) as info:
+        train(cfg)
+    assert info.value.code == 2 and "unknown task 'ct_denoising'" in capsys.readouterr().err
 
 
 def test_prepare_refuses_to_overwrite(tmp_path):
