@@ -297,12 +297,14 @@ def _cli(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess
 
 @pytest.mark.slow
 def test_cli_settings_fail_before_any_work(corpus, tmp_path):
+    # Hydra makes the run directory before our code runs: only a real process shows that an
+    # unwritable log dir is still one line
     logs = corpus["not_a_dir"] / "logs"
     out = _cli("medrestore.cli.train", [f"paths.log_dir={logs}", f"data.sets=[{corpus['toy.h5']}]"],
                tmp_path)
     assert out.returncode == 2
     _one_error_line(out.stderr, "cannot write there")
+    # other bad settings (data.patch_size=1024, ...) fail the same way in-process (above)
     out = _cli("medrestore.cli.eval", [f"paths.log_dir={tmp_path}/logs"], tmp_path)
     assert out.returncode == 2
     _one_error_line(out.stderr, "ckpt_path is required")
-    # bad data settings (data.patch_size=1024, ...) fail the same way in-process: test_train

@@ -337,9 +337,10 @@ def test_wandb_gets_the_tables_and_grids(compare_setup):
 
 
 @pytest.mark.slow
-def test_ddp_two_ranks_gather_every_image_once(compare_setup, tmp_path):
+def test_ddp_two_ranks_gather_every_image_once(compare_setup, compared, tmp_path):
     """trainer=ddp_sim (2 gloo processes): each rank scores every other image; the per-image
-    table still holds every image exactly once per model, and the run ends (no hang)."""
+    table still holds every image exactly once per model, with the scores of the 1-process
+    evaluation of the same checkpoints (``compared``), and the run ends (no hang)."""
     import subprocess
     import sys
 
@@ -354,9 +355,15 @@ def test_ddp_two_ranks_gather_every_image_once(compare_setup, tmp_path):
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     run = next((tmp_path / "logs" / "ddp_eval" / "runs").iterdir())
     _, scores = _csv(run / "scores_test.csv")
-    for model in ("restormer_tiny-identity", "restormer_tiny-perturbed"):
+    _, single = _csv(compared[0] / "scores_test.csv")
+    for model, label in (("restormer_tiny-identity", "ref"), ("restormer_tiny-perturbed", "pert")):
         keys = [(r["task"], r["key"]) for r in scores if r["model"] == model]
         assert len(keys) == len(set(keys)) == 3 * N_TEST
+        one = {(r["task"], r["key"]): r for r in single if r["model"] == label}
+        for r in (r for r in scores if r["model"] == model):
+            for metric in ("psnr", "ssim", "psnr_input"):
+                assert float(r[metric]) == pytest.approx(float(one[r["task"], r["key"]][metric]),
+                                                         rel=1e-6, abs=1e-6), (model, r["key"], metric)
     assert (run / "paired_test.csv").is_file() and len(list((run / "grids").glob("*.png"))) == 3
 
 

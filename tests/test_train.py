@@ -75,21 +75,19 @@ def _cli(args, cwd: Path, env_extra=None):
 
 
 def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
-    # the real entry point once (exit code, stderr); more bad inputs in-process, through the
-    # same function (each CLI process costs ~8 s of imports; tests/test_bad_inputs.py has more)
-    out = _cli(["medrestore.cli.train", f"data.sets=[{tmp_path / 'missing.h5'}]",
-                f"paths.log_dir={tmp_path}/logs", "trainer.enable_progress_bar=false"], tmp_path)
-    assert out.returncode == 2, out.stderr[-2000:]
-    err_lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
-    assert len(err_lines) == 1 and "missing.h5: no such shard" in err_lines[0]
-    assert "Traceback" not in out.stderr
-
+    # in-process, through the function the entry point runs (each CLI process costs ~8 s of
+    # imports); the real train and eval processes: tests/test_bad_inputs.py
     from medrestore.cli.train import train
 
-    cfg = compose("train", ["data.tasks=[ct_denoising]"], tmp_path / "run")
-    with pytest.raises(SystemExit) as info:
-        train(cfg)
-    assert info.value.code == 2 and "unknown task 'ct_denoising'" in capsys.readouterr().err
+    for overrides, needle in (([f"data.sets=[{tmp_path / 'missing.h5'}]"], "missing.h5: no such shard"),
+                              (["data.tasks=[ct_denoising]"], "unknown task 'ct_denoising'")):
+        cfg = compose("train", [*overrides, "trainer.enable_progress_bar=false"], tmp_path / "run")
+        with pytest.raises(SystemExit) as info:
+            train(cfg)
+        err = capsys.readouterr().err
+        err_lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert info.value.code == 2 and len(err_lines) == 1 and needle in err_lines[0], err
+        assert "Traceback" not in err
 
 
 def test_prepare_refuses_to_overwrite(tmp_path):
