@@ -36,6 +36,7 @@ from medrestore.datasets.pairs import (ShardPairs, TrainPatches, check_degrade_o
 from medrestore.datasets.samplers import BalancedBatchSampler, StridedEvalSampler, group_rows
 from medrestore.errors import ConfigError
 from medrestore.sample import collate_samples
+from medrestore.utils.validate import check_ints
 
 
 def _check_scoreable(rows: Sequence[Mapping[str, Any]], split: str) -> None:
@@ -229,17 +230,11 @@ class MultiTaskDataModule(BalancedDataModule):
                  text_dim: int | None = None, pad_small: bool = False,
                  degrade_on: str = "worker") -> None:
         super().__init__()
-        for name, value, low in (("patch_size", patch_size, 1), ("batch_size", batch_size, 1),
-                                 ("samples_per_epoch", samples_per_epoch, 1),
-                                 ("val_batch_size", val_batch_size, 1),
-                                 ("test_batch_size", test_batch_size, 1),
-                                 ("num_workers", num_workers, 0)):
-            try:
-                ok = value is None or (int(value) == value and value >= low)
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ConfigError(f"data.{name}={value}; expected an integer >= {low}")
+        check_ints((("patch_size", patch_size, 1), ("batch_size", batch_size, 1),
+                    ("samples_per_epoch", samples_per_epoch, 1),
+                    ("val_batch_size", val_batch_size, 1),
+                    ("test_batch_size", test_batch_size, 1),
+                    ("num_workers", num_workers, 0)))
         self.sets = normalise_sets(sets, tasks)
         self.tasks = list(tasks) if tasks is not None else None
         self.patch_size, self.batch_size = int(patch_size), int(batch_size)

@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 from medrestore.datasets.datamodule import BalancedDataModule
 from medrestore.datasets.samplers import BalancedBatchSampler
 from medrestore.errors import ConfigError
+from medrestore.utils.validate import check_ints
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -199,17 +200,11 @@ class SegDataModule(BalancedDataModule):
                  pin_memory: bool = False, seed: int = 0,
                  pre_normalise: PreNormalise | None = None) -> None:
         super().__init__()
-        for name, value, low in (("image_size", image_size, 8), ("batch_size", batch_size, 1),
-                                 ("val_batch_size", val_batch_size, 1),
-                                 ("test_batch_size", test_batch_size, 1),
-                                 ("samples_per_epoch", samples_per_epoch, 1),
-                                 ("num_workers", num_workers, 0)):
-            try:
-                ok = value is None or (int(value) == value and value >= low)
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ConfigError(f"data.{name}={value}; expected an integer >= {low}")
+        check_ints((("image_size", image_size, 8), ("batch_size", batch_size, 1),
+                    ("val_batch_size", val_batch_size, 1),
+                    ("test_batch_size", test_batch_size, 1),
+                    ("samples_per_epoch", samples_per_epoch, 1),
+                    ("num_workers", num_workers, 0)))
         if balance not in ("equal", "none"):
             raise ConfigError(f"data.balance={balance!r}; expected 'equal' or 'none'")
         self.roots = normalise_roots(root)

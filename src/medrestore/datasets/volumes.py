@@ -42,11 +42,23 @@ from torch.utils.data import DataLoader, Dataset
 
 from medrestore.errors import ConfigError
 from medrestore.io.volumes import VolumeStore, component_boxes, mask_box, regions_from_labels
+from medrestore.utils.validate import check_ints
 
 CROPS = ("centre", "random", "none")
 BOX_MODES = ("union", "components")
 STAGES = ("train", "val", "test")
 PreNormalise = Callable[[np.ndarray, str], np.ndarray]
+
+
+def _check_sampling(crops: Mapping[str, Any], box_mode: Any, foreground_prob: Any) -> None:
+    """One line for a crop mode, box mode or foreground probability out of its range."""
+    for name, value in crops.items():
+        if value not in CROPS:
+            raise ConfigError(f"data.{name}={value!r}; expected one of {', '.join(CROPS)}")
+    if box_mode not in BOX_MODES:
+        raise ConfigError(f"data.box_mode={box_mode!r}; expected one of {', '.join(BOX_MODES)}")
+    if not 0.0 <= float(foreground_prob) <= 1.0:
+        raise ConfigError(f"data.foreground_prob={foreground_prob}; expected a number in [0, 1]")
 
 
 def _triple(value: Any, name: str) -> tuple[int, int, int]:
@@ -107,14 +119,7 @@ class VolumeDataset(Dataset):
                  pre_normalise: PreNormalise | None = None, box_mode: str = "union",
                  seed: int = 0, keys: Sequence[str] | None = None) -> None:
         self.store = path if isinstance(path, VolumeStore) else VolumeStore(path)
-        if crop not in CROPS:
-            raise ConfigError(f"data.crop={crop!r}; expected one of {', '.join(CROPS)}")
-        if box_mode not in BOX_MODES:
-            raise ConfigError(f"data.box_mode={box_mode!r}; expected one of "
-                              f"{', '.join(BOX_MODES)}")
-        if not 0.0 <= float(foreground_prob) <= 1.0:
-            raise ConfigError(f"data.foreground_prob={foreground_prob}; expected a number in "
-                              "[0, 1]")
+        _check_sampling({"crop": crop}, box_mode, foreground_prob)
         if int(divisor) < 1:
             raise ConfigError(f"data.divisor={divisor}; expected an integer >= 1")
         self.split, self.crop, self.roi = split, crop, _triple(roi_size, "roi_size")
@@ -248,25 +253,11 @@ class VolumeDataModule(L.LightningDataModule):
                  test_split: str = "test", pre_normalise: PreNormalise | None = None,
                  persistent_workers: bool = False) -> None:
         super().__init__()
-        for name, value, low in (("batch_size", batch_size, 1),
-                                 ("val_batch_size", val_batch_size, 1),
-                                 ("test_batch_size", test_batch_size, 1),
-                                 ("num_workers", num_workers, 0), ("divisor", divisor, 1)):
-            try:
-                ok = int(value) == value and value >= low
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ConfigError(f"data.{name}={value}; expected an integer >= {low}")
-        for name, value in (("crop", crop), ("eval_crop", eval_crop)):
-            if value not in CROPS:
-                raise ConfigError(f"data.{name}={value!r}; expected one of {', '.join(CROPS)}")
-        if box_mode not in BOX_MODES:
-            raise ConfigError(f"data.box_mode={box_mode!r}; expected one of "
-                              f"{', '.join(BOX_MODES)}")
-        if not 0.0 <= float(foreground_prob) <= 1.0:
-            raise ConfigError(f"data.foreground_prob={foreground_prob}; expected a number in "
-                              "[0, 1]")
+        check_ints((("batch_size", batch_size, 1),
+                    ("val_batch_size", val_batch_size, 1),
+                    ("test_batch_size", test_batch_size, 1),
+                    ("num_workers", num_workers, 0), ("divisor", divisor, 1)), allow_none=False)
+        _check_sampling({"crop": crop, "eval_crop": eval_crop}, box_mode, foreground_prob)
         self.path = str(path)
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.test_batch_size, self.num_workers = int(test_batch_size), int(num_workers)

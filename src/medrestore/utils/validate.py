@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from medrestore.errors import ConfigError
 
@@ -32,6 +32,20 @@ def check_writable_dir(path: str | os.PathLike, option: str) -> Path:
         raise ConfigError(f"{option}={p}: cannot write there ({why}); choose a writable "
                           "folder") from None
     return p
+
+
+def check_ints(options: Iterable[tuple[str, Any, int]], prefix: str = "data.",
+               allow_none: bool = True) -> None:
+    """One line for the first ``(name, value, lowest)`` whose value is not an integer (an
+    integral float passes) of at least ``lowest``; ``None`` passes (an option left unset)
+    unless ``allow_none`` is false."""
+    for name, value, low in options:
+        try:
+            ok = (value is None and allow_none) or (int(value) == value and value >= low)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{prefix}{name}={value}; expected an integer >= {low}")
 
 
 def validate_run_config(cfg: Any, required: Sequence[str] = ()) -> None:
