@@ -62,6 +62,24 @@ def write_toy_shard(path: Path, seed: int = 0, sizes=((48, 48), (40, 56)), per_s
     return path
 
 
+def tiny_restormer_checkpoint(path: Path, identity: bool = True) -> Path:
+    """A 3-channel tiny Restormer checkpoint without training: the identity network (zero output
+    convolution: the global residual passes the input) or its seeded random initialisation."""
+    import lightning as L
+
+    from medrestore.modules.restoration import RestorationModule
+
+    torch.manual_seed(0)
+    model = RestorationModule({"name": "restormer_tiny", "in_channels": 3, "out_channels": 3},
+                              {"_target_": "torch.optim.Adam", "lr": 1e-3})
+    if identity:
+        torch.nn.init.zeros_(model.net.output.weight)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def toy_shard(tmp_path_factory) -> Path:
     return write_toy_shard(tmp_path_factory.mktemp("shards") / "toy.h5")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from conftest import compose
+from conftest import compose, tiny_restormer_checkpoint
 from medrestore.errors import ConfigError, MedrestoreError
 from medrestore.inference.downstream import (Condition, ConditionHook, check_spec, degrade_image, degrade_volume,
                                              evaluate_downstream, side_by_side, write_tables)
@@ -140,22 +140,9 @@ class SmoothingRestorer:
         return norm.denormalise(np.clip(u, 0, 1)).astype(np.float32)
 
 
-def _identity_checkpoint(path):
-    """A tiny Restormer whose zero output convolution makes it the identity (global residual)."""
-    from medrestore.modules.restoration import RestorationModule
-
-    model = RestorationModule({"name": "restormer_tiny", "in_channels": 3, "out_channels": 3},
-                              {"_target_": "torch.optim.Adam", "lr": 1e-3})
-    torch.nn.init.zeros_(model.net.output.weight)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def identity_ckpt(tmp_path_factory):
-    return _identity_checkpoint(tmp_path_factory.mktemp("ds") / "identity.ckpt")
+    return tiny_restormer_checkpoint(tmp_path_factory.mktemp("ds") / "identity.ckpt")
 
 
 NOISE = {"*": check_spec({"simulator": "gaussian_noise", "params": {"sigma": 90}, "window": [0, 255]}, "d")}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, TOY_TASKS, compose, tiny_overrides, write_toy_shard
+from conftest import REPO, TOY_TASKS, compose, tiny_overrides, tiny_restormer_checkpoint, write_toy_shard
 
 NOTEBOOKS = REPO / "notebooks"
 ENV_KEYS = ("MEDRESTORE_EVAL_DIR", "MEDRESTORE_RUNS", "MEDRESTORE_SWEEP", "MEDRESTORE_WANDB",
@@ -56,29 +56,11 @@ def images(nb) -> int:
     return sum("image/png" in out.get("data", {}) for c in nb.cells for out in c.get("outputs", []))
 
 
-def _checkpoint(path: Path, identity: bool) -> Path:
-    """A tiny Restormer checkpoint without training: the identity net (zero output conv) or
-    its random initialisation."""
-    import lightning as L
-    import torch
-
-    from medrestore.modules.restoration import RestorationModule
-
-    torch.manual_seed(0)
-    model = RestorationModule({"name": "restormer_tiny", "in_channels": 3, "out_channels": 3},
-                              {"_target_": "torch.optim.Adam", "lr": 1e-3})
-    if identity:
-        torch.nn.init.zeros_(model.net.output.weight)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
-    return {"id": _checkpoint(root / "id.ckpt", True), "rand": _checkpoint(root / "rand.ckpt", False)}
+    return {"id": tiny_restormer_checkpoint(root / "id.ckpt"),
+            "rand": tiny_restormer_checkpoint(root / "rand.ckpt", identity=False)}
 
 
 @pytest.fixture(scope="module")

@@ -165,12 +165,16 @@ def to_canonical(label: np.ndarray, convention: str, where: str = "label") -> np
             raise ConvertError(f"{where}: label map has non-integer values; expected the "
                                f"{convention} codes {sorted(mapping)}")
         lab = r
-    lab = lab.astype(np.int64, copy=False)
-    values = np.unique(lab)
-    bad = [int(v) for v in values if int(v) not in mapping]
+    return _lookup(lab.astype(np.int64, copy=False), mapping, where,
+                   f"outside the {convention} convention (expected {sorted(mapping)})")
+
+
+def _lookup(lab: np.ndarray, mapping: Mapping[int, int], where: str, expected: str) -> np.ndarray:
+    """Integer label map -> uint8 codes through ``mapping``; a value it lacks is one line,
+    ``{where}: label value(s) [...] {expected}``."""
+    bad = [int(v) for v in np.unique(lab) if int(v) not in mapping]
     if bad:
-        raise ConvertError(f"{where}: label value(s) {bad} outside the {convention} convention "
-                           f"(expected {sorted(mapping)})")
+        raise ConvertError(f"{where}: label value(s) {bad} {expected}")
     lut = np.zeros(max(mapping) + 1, np.uint8)
     for k, v in mapping.items():
         lut[k] = v
@@ -458,15 +462,8 @@ class Brats(VolumeConverter):
 
 
 def _map_values(seg: np.ndarray, mapping: Mapping[int, int], where: str) -> np.ndarray:
-    vals = [int(v) for v in np.unique(np.rint(seg))]
-    bad = [v for v in vals if v not in mapping]
-    if bad:
-        raise ConvertError(f"{where}: label value(s) {bad} not in dataset.json's labels "
-                           f"{sorted(mapping)}")
-    lut = np.zeros(max(mapping) + 1, np.uint8)
-    for k, v in mapping.items():
-        lut[k] = v
-    return lut[np.rint(seg).astype(np.int64)]
+    return _lookup(np.rint(seg).astype(np.int64), mapping, where,
+                   f"not in dataset.json's labels {sorted(mapping)}")
 
 
 def _expected_names(c: Mapping[str, Any]) -> dict[str, str]:
